@@ -1,0 +1,207 @@
+"""``ray-sticker``: prepare | train | evaluate | models | configs.
+
+``ray-sticker train`` with no arguments runs the embedded default: the synthetic dataset
+(written locally if missing), the tiny M2SA and its text-only and image-only baselines,
+each trained by 2 Ray Train workers with DeepSpeed ZeRO-2, and one results table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+from ray_sticker.config import ConfigError, list_configs, load_config
+
+DEMO_CONFIGS = ("m2sa-tiny", "text-only-tiny", "image-only-tiny")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ray_sticker").setLevel(logging.INFO)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """columns: (header, key, format spec)."""
+    cells = [[h for h, _, _ in columns]]
+    for row in rows:
+        cells.append([("" if row.get(k) is None else format(row[k], f)) if not isinstance(row.get(k), str)
+                      else row[k] for _, k, f in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+RESULT_COLUMNS = [
+    ("model", "model", ""),
+    ("val acc", "val_accuracy", ".4f"),
+    ("weighted-F1", "val_weighted_f1", ".4f"),
+    ("macro-F1", "val_macro_f1", ".4f"),
+    ("epochs", "epochs", "d"),
+    ("samples/s", "samples_per_s", ".1f"),
+    ("data wait", "data_wait_fraction", ".1%"),
+    ("wall s", "wall_s", ".1f"),
+    ("run", "run_dir", ""),
+]
+
+
+def _result_row(cfg, result, wall: float) -> dict[str, Any]:
+    final = result.final
+    head = next(iter(cfg.model.overrides.get("heads", {}) or {}), None) or "sentiment"
+    return {
+        "model": cfg.model.name,
+        "val_accuracy": final.get("val_accuracy"),
+        "val_weighted_f1": final.get(f"val_{head}_weighted_f1"),
+        "val_macro_f1": final.get(f"val_{head}_macro_f1"),
+        "epochs": len(result.history),
+        "samples_per_s": final.get("samples_per_s"),
+        "data_wait_fraction": final.get("data_wait_fraction"),
+        "wall_s": wall,
+        "run_dir": result.run_dir,
+    }
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ray_sticker.train.trainer import run_training
+
+    names = [args.config] if args.config else list(DEMO_CONFIGS)
+    configs = [load_config(n, args.overrides) for n in names]  # validate all before starting Ray
+    rows = []
+    for cfg in configs:
+        t0 = time.perf_counter()
+        result = run_training(cfg, ray_address=args.address)
+        rows.append(_result_row(cfg, result, time.perf_counter() - t0))
+        if result.export_uri:
+            print(f"exported {cfg.model.name} -> {result.export_uri}")
+    print()
+    print(format_table(rows, RESULT_COLUMNS))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.format != "synthetic":
+        print(f"unknown format '{args.format}'; available: synthetic", file=sys.stderr)
+        return 2
+    if args.task != "classify":
+        print("the synthetic generator supports --task classify", file=sys.stderr)
+        return 2
+    from ray_sticker.data.synthetic import make_classify_dataset
+
+    manifest = make_classify_dataset(args.out, num_rows=args.rows, seed=args.seed, image_size=args.image_size,
+                                     rows_per_shard=args.rows_per_shard, corrupt_fraction=args.corrupt_fraction)
+    print(f"wrote {args.out}: {manifest.splits} (label maps: {manifest.label_maps})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ray_sticker.evaluate import evaluate_export
+
+    metrics = evaluate_export(args.export, data_uri=args.data, split=args.split, batch_size=args.batch_size,
+                              address=args.address)
+    rows = [{"metric": k, "value": v} for k, v in metrics.items()]
+    print(format_table(rows, [("metric", "metric", ""), ("value", "value", ".4f")]))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ray_sticker.models.registry import get_model_config, list_models
+
+    rows = []
+    for name in list_models():
+        cfg = get_model_config(name)
+        row = {"name": name, "arch": cfg.get("arch", ""), "task": cfg.get("task", ""),
+               "description": cfg.get("description", "")}
+        if args.params:
+            from ray_sticker.models.registry import build_from_config
+            from ray_sticker.models.registry import merge
+
+            random_init = merge(cfg, {"text.pretrained": False} if cfg.get("text") else {})
+            if cfg.get("vision"):
+                random_init = merge(random_init, {"vision.pretrained": None})
+            model = build_from_config(random_init)
+            row["params"] = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
+        rows.append(row)
+    cols = [("name", "name", ""), ("arch", "arch", ""), ("task", "task", "")]
+    if args.params:
+        cols.append(("params", "params", ""))
+    cols.append(("description", "description", ""))
+    print(format_table(rows, cols))
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    if args.name:
+        import yaml
+
+        print(yaml.safe_dump(load_config(args.name, args.overrides).to_dict(), sort_keys=False))
+        return 0
+    for name in list_configs():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ray-sticker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one experiment config (or, with no --config, the embedded demo)",
+                       description="Train with Ray Train + DeepSpeed. Without --config: the tiny M2SA and its "
+                                   "text-only and image-only baselines on the synthetic dataset, one results table.")
+    t.add_argument("--config", help=f"shipped config name ({', '.join(list_configs())}) or a YAML path/URI")
+    t.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="dotted overrides, e.g. train.epochs=3 deepspeed.zero_stage=3 data.uri=s3://bucket/ds")
+    t.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
+    t.set_defaults(fn=cmd_train)
+
+    pr = sub.add_parser("prepare", help="write a canonical dataset (Parquet shards + manifest)",
+                        description="Write a canonical dataset to a local directory or s3:// URI.")
+    pr.add_argument("format", help="source format: synthetic")
+    pr.add_argument("--task", default="classify", choices=["classify", "select"])
+    pr.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
+    pr.add_argument("--rows", type=int, default=2400)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--image-size", type=int, default=48)
+    pr.add_argument("--rows-per-shard", type=int, default=512)
+    pr.add_argument("--corrupt-fraction", type=float, default=0.0,
+                    help="share of rows written with undecodable image bytes (for testing)")
+    pr.set_defaults(fn=cmd_prepare)
+
+    e = sub.add_parser("evaluate", help="evaluate an exported model on a dataset split",
+                       description="Metrics of an export (run_dir/export, local or s3://) on a dataset split.")
+    e.add_argument("--export", required=True, help="export directory URI (model.safetensors + config.json)")
+    e.add_argument("--data", help="dataset URI (default: the one the model was trained on)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
+    e.set_defaults(fn=cmd_evaluate)
+
+    m = sub.add_parser("models", help="list the model registry", description="List architecture configs.")
+    m.add_argument("--params", action="store_true", help="build each with random weights and count parameters")
+    m.set_defaults(fn=cmd_models)
+
+    c = sub.add_parser("configs", help="list shipped experiment configs, or print one resolved",
+                       description="List experiment configs; with a name, print it after overrides.")
+    c.add_argument("name", nargs="?")
+    c.add_argument("overrides", nargs="*", metavar="section.field=value")
+    c.set_defaults(fn=cmd_configs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(not args.quiet)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""One typed config tree for every job: data, model, train and deepspeed sections.
+
+Experiment configs are YAML files shipped in ``ray_sticker/configs/`` (or any path / URI);
+``load_config("m2sa-tiny", ["train.epochs=3", "deepspeed.zero_stage=3"])`` reads one,
+applies dotted overrides and validates the result before anything starts. A bad value
+raises :class:`ConfigError` with a one-line message that names the field and what is
+allowed. The same validated object travels into ``train_loop_config`` (as a dict) and
+into Tune's ``param_space``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_PACKAGE = "ray_sticker.configs"
+
+
+def default_home() -> str:
+    """Where the embedded default keeps datasets and runs (``$RAY_STICKER_HOME``)."""
+    return os.environ.get("RAY_STICKER_HOME", os.path.expanduser("~/.cache/ray-sticker"))
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line naming the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    uri: str = Field(
+        default="${RAY_STICKER_HOME}/datasets/synthetic-classify",
+        description="canonical dataset (directory with manifest.json): local path or s3:// URI",
+    )
+    synthetic_if_missing: bool = Field(
+        default=False, description="write the synthetic dataset to `uri` when it has no manifest"
+    )
+    synthetic_rows: int = Field(default=2400, gt=0, description="rows of the synthetic dataset")
+    train_split: str = "train"
+    eval_split: str = "validation"
+    image_size: int = Field(default=224, gt=0)
+    max_text_length: int = Field(default=128, gt=0, description="tokens, truncation beyond")
+    augment: bool = Field(default=True, description="random resized crop + flip on train images")
+    max_corrupt_fraction: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="fail the run when more rows are skipped"
+    )
+    preprocess_batch_size: int = Field(default=64, gt=0)
+
+
+class ModelConfig(_Section):
+    name: str = Field(default="m2sa-tiny", description="architecture config in the registry")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="architecture fields to override, e.g. {'dropout': 0.2}"
+    )
+    freeze_text: bool = False
+    freeze_vision: bool = False
+    text_lr: float | None = Field(default=None, gt=0, description="learning rate of the text tower")
+    vision_lr: float | None = Field(default=None, gt=0, description="learning rate of the vision tower")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=16, gt=0, description="micro-batch per worker")
+    lr: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    optimizer: Literal["adamw", "adam", "adafactor"] = "adamw"
+    scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    seed: int = 42
+    num_workers: int = Field(default=2, gt=0)
+    cpus_per_worker: float = Field(default=0.5, gt=0)
+    use_gpu: bool = False
+    storage_path: str = Field(
+        default="${RAY_STICKER_HOME}/runs", description="local directory or s3:// URI for runs"
+    )
+    run_name: str | None = Field(
+        default=None, description="a run with an existing name resumes from its latest checkpoint"
+    )
+    checkpoints_to_keep: int = Field(default=2, gt=0)
+    max_failures: int = Field(default=0, ge=-1)
+    log_every_steps: int = Field(default=20, gt=0)
+    export: bool = Field(default=True, description="write model.safetensors + config at the end")
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    gradient_clipping: float = Field(default=1.0, ge=0)
+    offload_optimizer: bool = False
+    offload_param: bool = False
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> "DeepSpeedConfig":
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("offload_param needs zero_stage 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        return self
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    task: Literal["classify", "select"] = "classify"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+
+    def resolved(self) -> "ExperimentConfig":
+        """A copy with ``${VAR}`` and ``~`` expanded in the URI fields."""
+        out = self.model_copy(deep=True)
+        out.data.uri = expand(out.data.uri)
+        out.train.storage_path = expand(out.train.storage_path)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def expand(value: str) -> str:
+    """Expand ``${RAY_STICKER_HOME}``, other environment variables and ``~`` in a path or URI."""
+    env = {**os.environ, "RAY_STICKER_HOME": default_home()}
+    for key in ("RAY_STICKER_HOME",):
+        value = value.replace("${%s}" % key, env[key])
+    value = os.path.expandvars(value)
+    return value if "://" in value else os.path.expanduser(value)
+
+
+def list_configs() -> list[str]:
+    """Names of the experiment configs shipped with the package."""
+    files = resources.files(CONFIG_PACKAGE)
+    return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str) -> dict[str, Any]:
+    path = Path(os.path.expanduser(name_or_path))
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if "://" in name_or_path:
+            from ray_sticker import storage
+
+            text = storage.read_text(name_or_path)
+        elif not path.exists():
+            raise ConfigError(f"config file not found: {name_or_path}")
+        else:
+            text = path.read_text()
+    else:
+        ref = resources.files(CONFIG_PACKAGE) / f"{name_or_path}.yaml"
+        if not ref.is_file():
+            raise ConfigError(
+                f"unknown config '{name_or_path}'; shipped configs: {', '.join(list_configs())} "
+                "(or give a path to a .yaml file)"
+            )
+        text = ref.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {name_or_path}: top level must be a mapping")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` -> (["train", "epochs"], 3); values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.field=value")
+    key, raw = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override '{item}' has no field name")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return keys, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = _deep_copy(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{k}' is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def validate(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a config mapping; the first problem becomes a one-line :class:`ConfigError`."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_fields(loc))
+            msg = f"unknown field '{field}'; allowed here: {allowed}"
+        else:
+            got = err.get("input")
+            detail = err["msg"].removeprefix("Value error, ")
+            msg = f"{field}: {detail} (got {got!r})" if not isinstance(got, dict) else f"{field}: {detail}"
+        more = len(exc.errors()) - 1
+        suffix = f" [+{more} more]" if more else ""
+        raise ConfigError(f"{source}: {msg}{suffix}") from None
+
+
+def load_config(name_or_path: str = "m2sa-tiny", overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a shipped config name or a YAML path/URI, apply dotted overrides, validate."""
+    data = apply_overrides(_read_yaml(name_or_path), list(overrides or []))
+    return validate(data, source=f"config '{name_or_path}'")
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a config from ``ExperimentConfig.to_dict()`` (e.g. inside a Ray worker)."""
+    return validate(data)

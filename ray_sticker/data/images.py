@@ -1,0 +1,72 @@
+"""Image decoding and the train/eval transforms, on PIL + numpy (cheap in Ray Data tasks).
+
+Stickers come as PNG/JPEG/GIF/WebP in every mode: animated images give their first frame,
+transparency is composited on a white background, palette/grayscale/CMYK become RGB.
+Images leave the pipeline as ``uint8`` CHW arrays; normalisation happens on the worker's
+device (a quarter of the bytes through the object store).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+BACKGROUND = (255, 255, 255)
+
+
+class ImageDecodeError(ValueError):
+    pass
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Encoded bytes -> RGB image (first frame; alpha over white). Raises ImageDecodeError."""
+    if data is None or len(data) == 0:
+        raise ImageDecodeError("empty image bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        img.load()
+    except Exception as exc:  # PIL raises many types for bad bytes
+        raise ImageDecodeError(f"cannot decode image: {exc}") from None
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        img = Image.alpha_composite(canvas, rgba)
+    return img.convert("RGB")
+
+
+def eval_transform(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` and centre-crop to ``size``x``size``; uint8 CHW."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def train_transform(img: Image.Image, size: int, rng: np.random.Generator,
+                    scale: tuple[float, float] = (0.7, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Random resized crop + horizontal flip; uint8 CHW."""
+    w, h = img.size
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            break
+    else:
+        cw, ch = min(w, h), min(w, h)
+        left, top = (w - cw) // 2, (h - ch) // 2
+    img = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)

@@ -1,0 +1,185 @@
+"""Text and vision towers built from architecture configs.
+
+Text towers are Hugging Face ``transformers`` encoders; vision towers are ``open_clip``
+vision transformers. A tower spec (a dict in a model config JSON) says where weights come
+from:
+
+text::
+
+    {"hf_model_name": "xlm-roberta-base",   # hub name, local directory or s3:// URI
+     "pretrained": true,                     # false: random init from "hf_config"
+     "hf_config": {"model_type": "xlm-roberta", ...},   # architecture without download
+     "tokenizer": "xlm-roberta-base"}        # defaults to hf_model_name; "builtin:tiny" offline
+
+vision::
+
+    {"open_clip_model": "ViT-B-32",          # open_clip architecture name
+     "pretrained": "openai" | "/path/ckpt.pt" | "s3://b/ckpt.pt" | null,
+     "vision_cfg": {...}}                    # or an explicit CLIPVisionCfg (tiny configs)
+
+Both towers return ``(tokens, pooled)``: per-token features ``(B, T, D)`` and one pooled
+vector ``(B, D)`` (the text pooler output / CLS token; the vision pooled token before
+CLIP's projection), with ``D = tower.width``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ray_sticker import storage
+
+TINY_TOKENIZER = "builtin:tiny"
+
+
+class TextTower(nn.Module):
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        import transformers
+
+        self.spec = dict(spec)
+        name = spec.get("hf_model_name")
+        if spec.get("pretrained", False):
+            if not name:
+                raise ValueError("text tower: pretrained=true needs 'hf_model_name'")
+            self.encoder = transformers.AutoModel.from_pretrained(_weights_location(name))
+        else:
+            if "hf_config" not in spec:
+                raise ValueError("text tower: random init needs 'hf_config' (the architecture)")
+            hf_cfg = dict(spec["hf_config"])
+            model_type = hf_cfg.pop("model_type")
+            if hf_cfg.get("vocab_size") == "tokenizer":  # size the embedding to the tokenizer
+                hf_cfg["vocab_size"] = len(load_tokenizer(tokenizer_name(spec)))
+            config = transformers.AutoConfig.for_model(model_type, **hf_cfg)
+            self.encoder = transformers.AutoModel.from_config(config)
+        self.width = int(self.encoder.config.hidden_size)
+        self.use_pooler = bool(spec.get("use_pooler", True)) and getattr(self.encoder, "pooler", None) is not None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        tokens = out.last_hidden_state
+        pooled = out.pooler_output if self.use_pooler and out.pooler_output is not None else tokens[:, 0]
+        return tokens, pooled
+
+
+class VisionTower(nn.Module):
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        import open_clip
+        from open_clip.model import _build_vision_tower
+
+        self.spec = dict(spec)
+        name = spec.get("open_clip_model")
+        pretrained = spec.get("pretrained")
+        if "vision_cfg" in spec:
+            vision_cfg, embed_dim, quick_gelu = dict(spec["vision_cfg"]), int(spec.get("embed_dim", 0)), False
+        elif name:
+            model_cfg = open_clip.get_model_config(name)
+            if model_cfg is None:
+                raise ValueError(f"vision tower: unknown open_clip model '{name}'; see open_clip.list_models()")
+            vision_cfg, embed_dim = model_cfg["vision_cfg"], model_cfg["embed_dim"]
+            quick_gelu = bool(model_cfg.get("quick_gelu", False)) or pretrained == "openai"
+        else:
+            raise ValueError("vision tower: give 'open_clip_model' or 'vision_cfg'")
+        vision_cfg.setdefault("output_tokens", True)
+        visual = _build_vision_tower(embed_dim or vision_cfg.get("width", 64), vision_cfg, quick_gelu=quick_gelu)
+        if pretrained:
+            _load_open_clip_visual(visual, name, pretrained)
+        visual.proj = None  # pooled output at the tower width (the "pooler output")
+        visual.output_tokens = True
+        self.visual = visual
+        self.width = int(vision_cfg["width"])
+        self.image_size = vision_cfg.get("image_size", 224)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.visual(pixel_values)
+        return tokens, pooled
+
+
+def _weights_location(uri: str) -> str:
+    """Hub names pass through; local paths are expanded; s3:// objects are cached locally."""
+    if storage.is_s3(uri):
+        return storage.local_copy(uri)
+    expanded = os.path.expanduser(uri)
+    return expanded if os.path.exists(expanded) else uri
+
+
+def _load_open_clip_visual(visual: nn.Module, name: str | None, pretrained: str) -> None:
+    location = _weights_location(pretrained)
+    if os.path.exists(location):
+        state = torch.load(location, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        if any(k.startswith("visual.") for k in state):
+            state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    else:  # an open_clip pretrained tag such as "openai" (downloads on first use)
+        import open_clip
+
+        state = open_clip.create_model(name, pretrained=pretrained).visual.state_dict()
+    missing, unexpected = visual.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "proj"]
+    if missing or unexpected:
+        raise ValueError(
+            f"vision weights {pretrained} do not match {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+# ---------------------------------------------------------------------------- tokenizers
+
+_TINY_WORDS = (
+    "the a an and or but so to of in on at for with my your our their this that it is was "
+    "are were be been today yesterday tomorrow day night morning evening friends family home "
+    "work school city train coffee tea food rain sun weather we you they he she i me us went "
+    "saw felt feel got have had very really quite just not no yes"
+).split()
+
+
+def _tiny_vocab() -> list[str]:
+    from ray_sticker.data.synthetic import VOCABULARY
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    punct = list(".,!?'\"-:;()#@&")
+    words = sorted(set(_TINY_WORDS) | set(VOCABULARY))
+    return specials + chars + ["##" + c for c in chars] + punct + [w for w in words if w not in chars]
+
+
+def tiny_tokenizer_dir() -> str:
+    """Write the project's offline WordPiece vocabulary (once) and return its directory."""
+    from ray_sticker.config import default_home
+
+    vocab = _tiny_vocab()
+    out = os.path.join(default_home(), "tokenizers", f"tiny-{len(vocab)}")
+    path = os.path.join(out, "vocab.txt")
+    if not os.path.exists(path):
+        os.makedirs(out, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(vocab) + "\n")
+        os.replace(tmp, path)
+    return out
+
+
+def tiny_vocab_size() -> int:
+    return len(_tiny_vocab())
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name: str):
+    """A tokenizer by hub name, local directory, s3:// URI or ``builtin:tiny`` (offline)."""
+    import transformers
+
+    if name == TINY_TOKENIZER:
+        return transformers.BertTokenizerFast.from_pretrained(tiny_tokenizer_dir(), do_lower_case=True)
+    return transformers.AutoTokenizer.from_pretrained(_weights_location(name))
+
+
+def tokenizer_name(text_spec: dict[str, Any]) -> str:
+    name = text_spec.get("tokenizer") or text_spec.get("hf_model_name")
+    if not name:
+        raise ValueError("text tower needs 'tokenizer' or 'hf_model_name'")
+    return name

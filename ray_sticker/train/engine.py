@@ -1,0 +1,134 @@
+"""DeepSpeed engine setup inside a Ray Train worker.
+
+Ray Train has already created the process group (gloo on CPU, nccl on GPU);
+``deepspeed.initialize`` reuses it. The optimizer is built here with one parameter group
+per tower so that frozen towers and per-tower learning rates work at every ZeRO stage
+(frozen parameters are simply left out of the optimizer).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ray_sticker.config import ExperimentConfig
+
+
+def resolve_precision(cfg: ExperimentConfig, on_gpu: bool) -> str:
+    if cfg.deepspeed.precision == "auto":
+        return "bf16" if on_gpu else "fp32"
+    if cfg.deepspeed.precision in ("bf16", "fp16") and not on_gpu:
+        return "fp32"  # half precision on CPU is slower and unsupported by several ops
+    return cfg.deepspeed.precision
+
+
+def deepspeed_config(cfg: ExperimentConfig, precision: str) -> dict[str, Any]:
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 2:
+        zero.update(overlap_comm=False, contiguous_gradients=True)
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=True)
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def freeze_towers(model: nn.Module, cfg: ExperimentConfig) -> None:
+    for flag, tower in ((cfg.model.freeze_text, "text"), (cfg.model.freeze_vision, "vision")):
+        module = getattr(model, tower, None)
+        if flag and module is not None:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
+def param_groups(model: nn.Module, cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by tower (own lr) and by decay (no decay on biases/norms)."""
+    lrs = {"text": cfg.model.text_lr or cfg.train.lr, "vision": cfg.model.vision_lr or cfg.train.lr}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        tower = name.split(".", 1)[0]
+        tower = tower if tower in lrs else "head"
+        decay = p.ndim >= 2
+        groups.setdefault((tower, decay), []).append(p)
+    return [
+        {"params": params, "lr": lrs.get(tower, cfg.train.lr), "name": f"{tower}{'' if decay else '-no-decay'}",
+         "weight_decay": cfg.train.weight_decay if decay else 0.0}
+        for (tower, decay), params in sorted(groups.items())
+    ]
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    if not groups:
+        raise ValueError("nothing to train: every tower is frozen and the model has no other parameters")
+    if cfg.train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.train.lr)
+    if cfg.train.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.train.lr)
+    from transformers.optimization import Adafactor
+
+    return Adafactor(groups, lr=cfg.train.lr, scale_parameter=False, relative_step=False, warmup_init=False)
+
+
+def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu: bool):
+    """-> (engine, precision). ``total_steps`` counts optimizer steps (after accumulation)."""
+    import deepspeed
+
+    freeze_towers(model, cfg)
+    precision = resolve_precision(cfg, on_gpu)
+    optimizer = build_optimizer(param_groups(model, cfg), cfg)
+    warmup = int(cfg.train.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.scheduler, total_steps, warmup))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, precision),
+        dist_init_required=False,
+    )
+    return engine, precision
+
+
+def partition_numel(engine) -> tuple[int, int]:
+    """(parameters held by this rank, full parameter count): ZeRO-3 partitions are visible
+    as ``p.ds_tensor`` (this rank's shard) and ``p.ds_numel`` (full size)."""
+    local = total = 0
+    for p in engine.module.parameters():
+        if hasattr(p, "ds_numel"):
+            total += p.ds_numel
+            local += p.ds_tensor.numel()
+        else:
+            total += p.numel()
+            local += p.numel()
+    return local, total

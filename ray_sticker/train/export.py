@@ -1,0 +1,93 @@
+"""Consolidated model export and loading: ``model.safetensors`` + ``config.json``.
+
+Under ZeRO-3 the parameters are gathered from every rank first (all ranks call
+:func:`export_model`); rank 0 writes. ``config.json`` holds the experiment config, the
+resolved architecture config and the dataset's label maps, so that an export is enough
+to rebuild and evaluate the model anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ray_sticker import storage
+from ray_sticker.config import ExperimentConfig, from_dict
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """Full fp32 state dict on every rank (ZeRO-3 params gathered); None only on error."""
+    import deepspeed
+
+    module = engine.module
+    params = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
+    return state
+
+
+def write_run_config(directory: str, cfg: ExperimentConfig, label_maps: dict[str, list[str]]) -> None:
+    """``config.json``: experiment config, resolved architecture and label maps."""
+    from ray_sticker.models.registry import get_model_config
+
+    meta = {
+        "experiment": cfg.to_dict(),
+        "architecture": get_model_config(cfg.model.name, cfg.model.overrides),
+        "label_maps": label_maps,
+    }
+    with open(os.path.join(directory, CONFIG), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def export_model(engine, cfg: ExperimentConfig, uri: str, label_maps: dict[str, list[str]], rank: int) -> None:
+    state = consolidated_state_dict(engine)
+    if rank != 0:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, WEIGHTS),
+                  metadata={"format": "pt"})
+        write_run_config(tmp, cfg, label_maps)
+        storage.upload_dir(tmp, uri)
+
+
+def load_model(uri: str):
+    """An export or a training checkpoint directory (local or s3://) ->
+    (model in eval mode with its weights, experiment config, label maps)."""
+    from ray_sticker.models.registry import build_from_config
+
+    local = storage.local_copy(uri)
+    if not os.path.exists(os.path.join(local, CONFIG)):
+        raise FileNotFoundError(f"{uri} is neither an export nor a checkpoint: {CONFIG} not found")
+    with open(os.path.join(local, CONFIG)) as f:
+        meta = json.load(f)
+    model = build_from_config(meta["architecture"])
+    if os.path.exists(os.path.join(local, WEIGHTS)):
+        state = load_file(os.path.join(local, WEIGHTS))
+    else:
+        state = state_dict_from_checkpoint(local)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"export {uri} does not match its architecture: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return model.eval(), from_dict(meta["experiment"]), meta.get("label_maps", {})
+
+
+def state_dict_from_checkpoint(checkpoint_dir: str, tag: str = "state") -> dict[str, Any]:
+    """Consolidate a DeepSpeed checkpoint directory (any ZeRO stage) into one fp32 state dict."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    files = os.listdir(os.path.join(checkpoint_dir, tag))
+    if any(f.startswith("zero_pp_rank_") for f in files):  # ZeRO stages 1-3
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
+    # ZeRO stage 0: the full module is in the model-states file.
+    state = torch.load(os.path.join(checkpoint_dir, tag, "mp_rank_00_model_states.pt"),
+                       map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in state["module"].items()}

@@ -1,0 +1,271 @@
+"""The training loop each Ray Train worker runs: one loop for every model (the model
+contract), parameterised by the experiment config.
+
+setup (model, DeepSpeed engine, resume) -> per epoch: train on this worker's shard,
+evaluate on the whole validation set (shards gathered), checkpoint through Ray Train ->
+export the consolidated model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ray_sticker.config import ExperimentConfig, from_dict
+from ray_sticker.data.pipeline import SKIP_OK, DataQualityError, count_skips
+from ray_sticker.train import engine as ds_engine
+from ray_sticker.train.export import write_run_config
+from ray_sticker.train.metrics import classification_metrics, gather_arrays
+
+log = logging.getLogger("ray_sticker.train")
+
+CLIENT_STATE_KEY = "ray_sticker"
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    dist = _dist()
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist is not None:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _keep_usable(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], np.ndarray, bool]:
+    """Drop rows the pipeline marked unusable; returns (batch, skip codes, all-skipped flag).
+    A fully skipped batch keeps one row with zero loss weight so every rank still runs the
+    same collectives (ZeRO-3 gathers parameters inside forward)."""
+    skip = batch.pop("skip")
+    codes = skip.cpu().numpy()
+    keep = skip == SKIP_OK
+    empty = not bool(keep.any())
+    if empty:
+        keep[0] = True
+    if bool(keep.all()):
+        return batch, codes, empty
+    return {k: v[keep] for k, v in batch.items()}, codes, empty
+
+
+def _timed(iterable) -> Iterator[tuple[Any, float]]:
+    """Yield (item, seconds spent waiting for it)."""
+    it = iter(iterable)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        yield item, time.perf_counter() - t0
+
+
+def _label_heads(model) -> dict[str, int]:
+    return dict(getattr(model, "heads_spec", {}))
+
+
+class SkipCounter:
+    def __init__(self) -> None:
+        self.seen = 0
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, codes: np.ndarray) -> None:
+        self.seen += int(codes.size)
+        for reason, n in count_skips(codes).items():
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + n
+
+    def check(self, max_fraction: float, where: str) -> dict[str, float]:
+        """Sum over ranks; raise DataQualityError above the threshold; return the counts."""
+        from ray_sticker.data.pipeline import SKIP_REASONS
+
+        reasons = list(SKIP_REASONS.values())
+        totals = _all_reduce_sum([self.seen] + [self.by_reason.get(r, 0) for r in reasons])
+        seen, counts = int(totals[0]), {r: int(c) for r, c in zip(reasons, totals[1:]) if c}
+        skipped = sum(counts.values())
+        if seen and skipped / seen > max_fraction:
+            detail = ", ".join(f"{n} {r}" for r, n in counts.items())
+            raise DataQualityError(
+                f"{where}: skipped {skipped} of {seen} rows ({skipped / seen:.1%}: {detail}), "
+                f"above data.max_corrupt_fraction={max_fraction}"
+            )
+        return {"rows_seen": seen, "rows_skipped": skipped, **{f"skipped[{r}]": n for r, n in counts.items()}}
+
+
+def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
+             filler: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Metrics over the whole evaluation set. Shards may differ in size (no row dropped):
+    ranks that run out keep running forward on a filler batch (their last batch, or
+    ``filler``), discarded, until all are done, so ZeRO-3's collectives stay matched."""
+    model = engine.module
+    heads = _label_heads(model)
+    preds: dict[str, list[np.ndarray]] = {h: [] for h in heads}
+    labels: dict[str, list[np.ndarray]] = {h: [] for h in heads}
+    losses: list[float] = []
+    skips = SkipCounter()
+    it = iter(shard.iter_torch_batches(batch_size=cfg.train.batch_size, device=device, drop_last=False))
+    last = filler
+    engine.eval()
+    with torch.no_grad():
+        while True:
+            batch = next(it, None)
+            has = 1.0 if batch is not None else 0.0
+            if _all_reduce_sum([has])[0] == 0:
+                break
+            if batch is None:
+                if last is None:
+                    raise DataQualityError("a worker has no evaluation rows and no batch to keep "
+                                           "collectives matched; use fewer workers or a larger split")
+                engine(last)
+                continue
+            batch, codes, empty = _keep_usable(batch)
+            skips.add(codes)
+            last = batch
+            out = engine(batch)
+            if empty:
+                continue
+            losses.append(float(out.loss) * len(next(iter(batch.values()))))
+            for h in heads:
+                preds[h].append(out.logits[h].argmax(-1).cpu().numpy())
+                labels[h].append(batch[f"label_{h}"].cpu().numpy())
+    engine.train()
+    local = {f"pred_{h}": np.concatenate(preds[h]) if preds[h] else np.zeros(0, np.int64) for h in heads}
+    local.update({f"label_{h}": np.concatenate(labels[h]) if labels[h] else np.zeros(0, np.int64) for h in heads})
+    local["loss_sum"] = np.array([sum(losses)])
+    full = gather_arrays(local)
+    metrics: dict[str, float] = {}
+    for h, n in heads.items():
+        m = classification_metrics(full[f"label_{h}"], full[f"pred_{h}"], n)
+        metrics.update({f"val_{h}_{k}": v for k, v in m.items()})
+        metrics["val_examples"] = int(full[f"label_{h}"].size)
+    if heads:
+        first = next(iter(heads))
+        metrics["val_accuracy"] = metrics[f"val_{first}_accuracy"]
+        metrics["val_loss"] = float(full["loss_sum"].sum()) / max(1, metrics["val_examples"])
+    metrics.update({f"val_{k}": v for k, v in skips.check(cfg.data.max_corrupt_fraction, "validation").items()})
+    return metrics
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] | None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    from ray_sticker.models.registry import build_model
+
+    cfg = from_dict(loop_config["experiment"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    set_seed(cfg.train.seed)
+    on_gpu = cfg.train.use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda", ray.train.torch.get_device().index or 0) if on_gpu else torch.device("cpu")
+
+    model = build_model(cfg.model.name, cfg.model.overrides)
+    rows_per_worker = loop_config["train_rows"] // world  # the train split is split equally
+    micro_batches = math.ceil(rows_per_worker / cfg.train.batch_size)
+    steps_per_epoch = math.ceil(micro_batches / cfg.deepspeed.gradient_accumulation_steps)
+    engine, precision = ds_engine.initialize(model, cfg, steps_per_epoch * cfg.train.epochs, on_gpu)
+    local_params, total_params = ds_engine.partition_numel(engine)
+
+    start_epoch, global_step, history = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            _, client = engine.load_checkpoint(ckpt_dir, tag="state")
+        state = client[CLIENT_STATE_KEY]
+        start_epoch, global_step, history = state["epoch"] + 1, state["global_step"], state["history"]
+        if rank == 0:
+            log.info("resumed from epoch %d (global step %d)", state["epoch"], global_step)
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        shard = ray.train.get_dataset_shard("train")
+        skips = SkipCounter()
+        t_epoch = time.perf_counter()
+        wait_s = step_s = 0.0
+        samples = 0
+        loss_sum, loss_terms = 0.0, {}
+        n_micro = 0
+        batches = shard.iter_torch_batches(batch_size=cfg.train.batch_size, device=device, drop_last=False,
+                                           prefetch_batches=2)
+        last_batch = None
+        for batch, waited in _timed(batches):
+            wait_s += waited
+            t0 = time.perf_counter()
+            batch, codes, empty = _keep_usable(batch)
+            skips.add(codes)
+            last_batch = batch
+            out = engine(batch)
+            loss = out.loss * 0.0 if empty else out.loss
+            engine.backward(loss)
+            engine.step()
+            step_s += time.perf_counter() - t0
+            n_micro += 1
+            if not empty:
+                samples += int(codes.size - np.count_nonzero(codes))
+                loss_sum += float(out.loss)
+                for k, v in out.losses.items():
+                    loss_terms[k] = loss_terms.get(k, 0.0) + float(v)
+            if engine.is_gradient_accumulation_boundary():
+                global_step += 1
+            if rank == 0 and n_micro % cfg.train.log_every_steps == 0:
+                log.info("epoch %d step %d loss %.4f | %.1f samples/s/worker | data wait %.0f%%",
+                         epoch, global_step, loss_sum / n_micro, samples / max(1e-9, wait_s + step_s),
+                         100 * wait_s / max(1e-9, wait_s + step_s))
+        epoch_s = time.perf_counter() - t_epoch
+        totals = _all_reduce_sum([samples, n_micro, loss_sum])
+        train_skips = skips.check(cfg.data.max_corrupt_fraction, f"train epoch {epoch}")
+
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "global_step": global_step,
+            "train_loss": totals[2] / max(1.0, totals[1]),
+            **{f"train_{k}": v / max(1, n_micro) for k, v in loss_terms.items()},
+            "train_samples": int(totals[0]),
+            "samples_per_s": totals[0] / max(1e-9, epoch_s),
+            "data_wait_s": wait_s,
+            "step_s": step_s,
+            "data_wait_fraction": wait_s / max(1e-9, wait_s + step_s),
+            "lr": engine.get_lr()[0],
+            **{f"train_{k}": v for k, v in train_skips.items()},
+        }
+        metrics.update(evaluate(engine, ray.train.get_dataset_shard("validation"), cfg, device, last_batch))
+        metrics.update(epoch_s=time.perf_counter() - t_epoch, world_size=world, zero_stage=cfg.deepspeed.zero_stage,
+                       precision=precision, params_total=total_params, params_rank0=local_params)
+        history.append(metrics)
+        if rank == 0:
+            log.info("epoch %d: %s", epoch, _fmt(metrics))
+        with tempfile.TemporaryDirectory() as tmp:
+            client = {CLIENT_STATE_KEY: {"epoch": epoch, "global_step": global_step, "history": history}}
+            engine.save_checkpoint(tmp, tag="state", client_state=client)
+            if rank == 0:
+                write_run_config(tmp, cfg, loop_config.get("label_maps", {}))
+            report = dict(metrics, params_local=local_params, rank=rank)
+            ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"epoch-{epoch:04d}")
+
+    if cfg.train.export and loop_config.get("export_uri"):
+        from ray_sticker.train.export import export_model
+
+        export_model(engine, cfg, loop_config["export_uri"], loop_config.get("label_maps", {}), rank)
+    return history if rank == 0 else None
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    keys = ("train_loss", "val_loss", "val_accuracy", "samples_per_s", "data_wait_fraction")
+    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)

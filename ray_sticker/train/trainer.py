@@ -1,0 +1,201 @@
+"""Driver side of a training run: validate everything, assemble the TorchTrainer, fit,
+write the run's metrics.
+
+Run directory ``<train.storage_path>/<run_name>/`` (local or S3) holds Ray Train's
+checkpoints (``epoch-NNNN/``, DeepSpeed files of every rank), ``export/``
+(``model.safetensors`` + ``config.json``) and ``metrics.json`` / ``metrics.csv``.
+Re-running with the same ``train.run_name`` resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ray_sticker import storage
+from ray_sticker.config import ExperimentConfig
+from ray_sticker.data import schema
+from ray_sticker.data.pipeline import PreprocessSpec, build_dataset, split_schema
+
+log = logging.getLogger("ray_sticker.train")
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_dir: str
+    history: list[dict[str, Any]]
+    export_uri: str | None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def ensure_dataset(cfg: ExperimentConfig) -> schema.Manifest:
+    """The dataset's manifest; writes the synthetic dataset first when asked and missing."""
+    uri = cfg.data.uri
+    if cfg.data.synthetic_if_missing and not storage.exists(storage.join(uri, schema.MANIFEST)):
+        from ray_sticker.data.synthetic import make_classify_dataset
+
+        if cfg.task != "classify":
+            raise ValueError(f"no synthetic generator for task '{cfg.task}' yet")
+        log.info("writing the synthetic dataset to %s", uri)
+        make_classify_dataset(uri, num_rows=cfg.data.synthetic_rows, seed=cfg.train.seed)
+    return schema.read_manifest(uri)
+
+
+def preprocess_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: schema.Manifest,
+                    train: bool) -> PreprocessSpec:
+    """What the pipeline must produce for this model; checks heads against label maps."""
+    from ray_sticker.models.encoders import tokenizer_name
+
+    heads = dict(model_cfg.get("heads", {}))
+    for name, n in heads.items():
+        have = manifest.num_classes(name)
+        if have != n:
+            raise schema.SchemaError(
+                f"model '{cfg.model.name}' head '{name}' has {n} classes but dataset {cfg.data.uri} "
+                f"label map '{name}' has {have}: {manifest.label_maps[name]}"
+            )
+    text = model_cfg.get("text")
+    return PreprocessSpec(
+        labels=tuple(heads.items()),
+        tokenizer=tokenizer_name(text) if text else None,
+        max_text_length=cfg.data.max_text_length,
+        use_image=bool(model_cfg.get("vision")),
+        image_size=cfg.data.image_size,
+        augment=cfg.data.augment and train,
+    )
+
+
+def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]]:
+    """Everything that can be checked before Ray starts workers: model, dataset, columns."""
+    from ray_sticker.models.registry import get_model_config
+
+    model_cfg = get_model_config(cfg.model.name, cfg.model.overrides)
+    if model_cfg.get("task", "classify") != cfg.task:
+        raise ValueError(f"model '{cfg.model.name}' is a {model_cfg.get('task')} model but the config task is {cfg.task}")
+    manifest = ensure_dataset(cfg)
+    if manifest.task != cfg.task:
+        raise ValueError(f"dataset {cfg.data.uri} is for task '{manifest.task}', the config for '{cfg.task}'")
+    for split in (cfg.data.train_split, cfg.data.eval_split):
+        if split not in manifest.splits:
+            raise ValueError(f"dataset {cfg.data.uri} has no split '{split}'; it has {sorted(manifest.splits)}")
+        spec = preprocess_spec(cfg, model_cfg, manifest, train=False)
+        schema.check_columns(split_schema(cfg.data.uri, split), spec.columns(),
+                             f"dataset {cfg.data.uri} split '{split}'")
+    rows = manifest.splits[cfg.data.train_split]
+    if rows < cfg.train.num_workers:
+        raise ValueError(f"split '{cfg.data.train_split}' has {rows} rows, fewer than train.num_workers")
+    return manifest, model_cfg
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Attach to ``address`` / ``RAY_ADDRESS`` (e.g. inside ``ray job submit``) or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=True)
+
+
+def _whole_eval_data_config(eval_name: str):
+    """Train split equally (every worker steps the same number of times); the evaluation
+    set split with ``equal=False`` so that no row is dropped."""
+    from ray.train import DataConfig
+
+    class WholeEvalDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = super().configure({k: v for k, v in datasets.items() if k != eval_name}, world_size,
+                                    worker_handles, worker_node_ids, **kwargs)
+            if eval_name in datasets:
+                ds = datasets[eval_name].copy(datasets[eval_name])
+                ds.context.execution_options = self._resolve_execution_options(eval_name)
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                    out[i][eval_name] = split
+            return out
+
+    return WholeEvalDataConfig()
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    return f"{cfg.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+
+
+def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunResult:
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ray_sticker.train.loop import train_loop_per_worker
+
+    cfg = cfg.resolved()
+    manifest, model_cfg = check_inputs(cfg)
+    init_ray(ray_address)
+
+    name = cfg.train.run_name or default_run_name(cfg)
+    run_dir = storage.join(cfg.train.storage_path, name)
+    export_uri = storage.join(run_dir, "export") if cfg.train.export else None
+    storage.ensure_bucket(cfg.train.storage_path)
+    fs, storage_path = storage.resolve(cfg.train.storage_path)
+
+    datasets = {
+        "train": build_dataset(cfg.data.uri, cfg.data.train_split, preprocess_spec(cfg, model_cfg, manifest, True),
+                               train=True, batch_size=cfg.data.preprocess_batch_size),
+        "validation": build_dataset(cfg.data.uri, cfg.data.eval_split,
+                                    preprocess_spec(cfg, model_cfg, manifest, False),
+                                    train=False, batch_size=cfg.data.preprocess_batch_size),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": cfg.to_dict(),
+            "train_rows": manifest.splits[cfg.data.train_split],
+            "label_maps": manifest.label_maps,
+            "export_uri": export_uri,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=fs if storage.is_s3(cfg.train.storage_path) else None,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=_whole_eval_data_config("validation"),
+    )
+    log.info("run %s -> %s", name, run_dir)
+    result = trainer.fit()
+    history = result.return_value or []
+    write_metrics(run_dir, history)
+    return RunResult(name=name, run_dir=run_dir, history=history, export_uri=export_uri)
+
+
+def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
+    """``metrics.json`` (list of per-epoch dicts) and ``metrics.csv`` in the run directory."""
+    storage.write_json(storage.join(run_dir, "metrics.json"), history)
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    storage.write_text(storage.join(run_dir, "metrics.csv"), buf.getvalue())

@@ -1,0 +1,64 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ray_sticker.data.images import ImageDecodeError, decode_image, eval_transform, train_transform
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_rgba_transparency_composited_on_white():
+    img = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red
+    img.putpixel((0, 0), (0, 0, 255, 255))
+    out = np.asarray(decode_image(_encode(img, "PNG")))
+    assert out.shape == (8, 8, 3)
+    assert tuple(out[4, 4]) == (255, 255, 255)
+    assert tuple(out[0, 0]) == (0, 0, 255)
+
+
+def test_palette_with_transparency_grayscale_and_cmyk():
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([10, 20, 30] + [0, 0, 0] * 255)
+    out = np.asarray(decode_image(_encode(pal, "PNG", transparency=0)))
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    gray = np.asarray(decode_image(_encode(Image.new("L", (4, 4), 100), "PNG")))
+    assert gray.shape == (4, 4, 3) and tuple(gray[0, 0]) == (100, 100, 100)
+    cmyk = decode_image(_encode(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG"))
+    assert cmyk.mode == "RGB"
+    r, g, b = np.asarray(cmyk)[1, 1]
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_animated_gif_gives_first_frame():
+    frames = [Image.new("RGB", (6, 6), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    out = np.asarray(decode_image(buf.getvalue()))
+    r, g, _ = out[3, 3]
+    assert r > 200 and g < 50
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image", None])
+def test_corrupt_bytes_raise_decode_error(data):
+    with pytest.raises(ImageDecodeError):
+        decode_image(data)
+
+
+def test_truncated_png_raises_decode_error():
+    good = _encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")
+    with pytest.raises(ImageDecodeError):
+        decode_image(good[: len(good) // 2])
+
+
+def test_transforms_shape_and_dtype():
+    img = Image.new("RGB", (40, 30), (9, 8, 7))
+    e = eval_transform(img, 16)
+    assert e.shape == (3, 16, 16) and e.dtype == np.uint8 and e[0, 0, 0] == 9
+    t = train_transform(img, 16, np.random.default_rng(0))
+    assert t.shape == (3, 16, 16) and t.dtype == np.uint8
