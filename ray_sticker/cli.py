@@ -49,7 +49,7 @@ RESULT_COLUMNS = [
 ]
 
 
-def _result_row(cfg, result, wall: float) -> dict[str, Any]:
+def _result_row(cfg, result) -> dict[str, Any]:
     final = result.final
     head = next(iter(cfg.model.overrides.get("heads", {}) or {}), None) or "sentiment"
     return {
@@ -60,25 +60,25 @@ def _result_row(cfg, result, wall: float) -> dict[str, Any]:
         "epochs": len(result.history),
         "samples_per_s": final.get("samples_per_s"),
         "data_wait_fraction": final.get("data_wait_fraction"),
-        "wall_s": wall,
+        "wall_s": result.wall_s,
         "run_dir": result.run_dir,
     }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ray_sticker.train.trainer import run_training
+    from ray_sticker.train.trainer import run_many
 
     names = [args.config] if args.config else list(DEMO_CONFIGS)
     configs = [load_config(n, args.overrides) for n in names]  # validate all before starting Ray
-    rows = []
-    for cfg in configs:
-        t0 = time.perf_counter()
-        result = run_training(cfg, ray_address=args.address)
-        rows.append(_result_row(cfg, result, time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    results = run_many(configs, ray_address=args.address)
+    rows = [_result_row(cfg, result) for cfg, result in zip(configs, results)]
+    for cfg, result in zip(configs, results):
         if result.export_uri:
             print(f"exported {cfg.model.name} -> {result.export_uri}")
     print()
     print(format_table(rows, RESULT_COLUMNS))
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s")
     return 0
 
 

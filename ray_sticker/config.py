@@ -52,6 +52,10 @@ class DataConfig(_Section):
         default=0.01, ge=0.0, le=1.0, description="fail the run when more rows are skipped"
     )
     preprocess_batch_size: int = Field(default=64, gt=0)
+    cache_eval: bool = Field(
+        default=True,
+        description="preprocess the evaluation split once and keep it in the object store for every epoch",
+    )
 
 
 class ModelConfig(_Section):

@@ -291,6 +291,8 @@ def upload_dir(local_dir: str, uri: str, s3: S3Options | None = None) -> None:
         raise FileNotFoundError(f"local directory not found: {local_dir}")
     with _errors(uri, s3):
         fs, path = resolve(uri, s3)
+        if not is_s3(uri):
+            os.makedirs(path, exist_ok=True)
         pafs.copy_files(src, path, source_filesystem=_LOCAL, destination_filesystem=fs)
 
 

@@ -92,6 +92,8 @@ def test_local_upload_download_dir(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing"):
         storage.upload_dir(str(tmp_path / "missing"), str(tmp_path / "x"))
     storage.ensure_bucket(str(tmp_path))  # no-op for local URIs
+    storage.upload_dir(str(src), str(tmp_path / "deep" / "er" / "copy"))  # parents are created
+    assert _files(tmp_path / "deep" / "er" / "copy") == _files(src)
 
 
 def test_s3_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

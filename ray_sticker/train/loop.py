@@ -169,6 +169,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
 
     from ray_sticker.models.registry import build_model
 
+    t_setup = time.perf_counter()
+    logging.getLogger("ray_sticker").setLevel(logging.INFO)
     cfg = from_dict(loop_config["experiment"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -182,6 +184,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
     steps_per_epoch = math.ceil(micro_batches / cfg.deepspeed.gradient_accumulation_steps)
     engine, precision = ds_engine.initialize(model, cfg, steps_per_epoch * cfg.train.epochs, on_gpu)
     local_params, total_params = ds_engine.partition_numel(engine)
+    params_per_rank = [int(x) for x in gather_arrays({"n": np.array([local_params])})["n"]]
+    if rank == 0:
+        log.info("worker setup %.1fs: %s, %d parameters (%d on rank 0), ZeRO-%d, %s, %d workers",
+                 time.perf_counter() - t_setup, cfg.model.name, total_params, local_params,
+                 cfg.deepspeed.zero_stage, precision, world)
 
     start_epoch, global_step, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -246,7 +253,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
         }
         metrics.update(evaluate(engine, ray.train.get_dataset_shard("validation"), cfg, device, last_batch))
         metrics.update(epoch_s=time.perf_counter() - t_epoch, world_size=world, zero_stage=cfg.deepspeed.zero_stage,
-                       precision=precision, params_total=total_params, params_rank0=local_params)
+                       precision=precision, params_total=total_params, params_per_rank=params_per_rank)
         history.append(metrics)
         if rank == 0:
             log.info("epoch %d: %s", epoch, _fmt(metrics))
@@ -255,7 +262,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
             engine.save_checkpoint(tmp, tag="state", client_state=client)
             if rank == 0:
                 write_run_config(tmp, cfg, loop_config.get("label_maps", {}))
-            report = dict(metrics, params_local=local_params, rank=rank)
+            # Ray keeps rank 0's metrics (gathered over ranks); the others only mark the epoch.
+            report = metrics if rank == 0 else {"epoch": epoch}
             ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"epoch-{epoch:04d}")
 

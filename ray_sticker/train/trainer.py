@@ -14,6 +14,7 @@ import datetime as _dt
 import io
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ class RunResult:
     run_dir: str
     history: list[dict[str, Any]]
     export_uri: str | None
+    wall_s: float = 0.0
 
     @property
     def final(self) -> dict[str, Any]:
@@ -102,12 +104,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # epoch logs report throughput instead
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), log_to_driver=True)
 
 
 def _whole_eval_data_config(eval_name: str):
@@ -133,6 +137,15 @@ def default_run_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
 
 
+def run_many(cfgs: list[ExperimentConfig], ray_address: str | None = None) -> list[RunResult]:
+    """Runs one after another on one Ray cluster; every config is checked, and every
+    dataset made, before the first run starts."""
+    cfgs = [c.resolved() for c in cfgs]
+    for cfg in cfgs:
+        check_inputs(cfg)
+    return [run_training(cfg, ray_address) for cfg in cfgs]
+
+
 def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunResult:
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -140,6 +153,7 @@ def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunRe
 
     from ray_sticker.train.loop import train_loop_per_worker
 
+    t0 = time.perf_counter()
     cfg = cfg.resolved()
     manifest, model_cfg = check_inputs(cfg)
     init_ray(ray_address)
@@ -157,6 +171,8 @@ def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunRe
                                     preprocess_spec(cfg, model_cfg, manifest, False),
                                     train=False, batch_size=cfg.data.preprocess_batch_size),
     }
+    if cfg.data.cache_eval:
+        datasets["validation"] = datasets["validation"].materialize()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -185,7 +201,8 @@ def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunRe
     result = trainer.fit()
     history = result.return_value or []
     write_metrics(run_dir, history)
-    return RunResult(name=name, run_dir=run_dir, history=history, export_uri=export_uri)
+    return RunResult(name=name, run_dir=run_dir, history=history, export_uri=export_uri,
+                     wall_s=time.perf_counter() - t0)
 
 
 def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
