@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: a real S3-compatible server (SeaweedFS ``weed mini``)."""
+"""Shared pytest fixtures: a real S3-compatible server (SeaweedFS ``weed mini``), a real
+local Ray cluster, and a private ``RAY_STICKER_HOME``."""
 
 from __future__ import annotations
 
@@ -22,12 +23,6 @@ from typing import Iterator
 import pytest
 
 S3_START_TIMEOUT_S = 60.0
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: long-running test")
-    config.addinivalue_line("markers", "s3: needs the local S3 server (weed mini)")
-    config.addinivalue_line("markers", "ray: starts a Ray cluster")
 
 
 def _weed_binary() -> str | None:
@@ -215,3 +210,31 @@ def s3_bucket(s3_server: S3Server) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     s3_server.client().create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_sticker_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Datasets, runs and the offline tokenizer of the tests live in a temporary home."""
+    home = tmp_path_factory.mktemp("ray-sticker-home")
+    old = os.environ.get("RAY_STICKER_HOME")
+    os.environ["RAY_STICKER_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("RAY_STICKER_HOME", None)
+    else:
+        os.environ["RAY_STICKER_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: S3Server, ray_sticker_home: Path) -> Iterator[None]:
+    """One local Ray for the session, 2 logical CPUs like the machines CI runs on; its
+    workers get the S3 server's endpoint and credentials through the runtime env."""
+    import ray
+
+    ray.init(address="local", num_cpus=2,
+             runtime_env={"env_vars": {**s3_server.env(), "RAY_STICKER_HOME": str(ray_sticker_home)}})
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()

@@ -73,7 +73,7 @@ def read_split(uri: str, split: str, columns: list[str], parallelism: int | None
     schema.check_columns(split_schema(uri, split), columns, f"dataset {uri} split '{split}'")
     fs, path = storage.resolve(schema.split_uri(uri, split))
     kwargs = {"override_num_blocks": parallelism} if parallelism else {}
-    return ray.data.read_parquet(path, filesystem=fs, columns=columns, **kwargs)
+    return ray.data.read_parquet(path, filesystem=fs, **kwargs).select_columns(columns)
 
 
 def _join_turns(turns, sep: str) -> str:

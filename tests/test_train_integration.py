@@ -1,0 +1,98 @@
+"""End to end on the real components: Ray Data, Ray Train workers with DeepSpeed ZeRO,
+a real S3 server (SeaweedFS) for the dataset and the run storage."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ray_sticker import storage
+from ray_sticker.cli import main as cli_main
+from ray_sticker.config import load_config
+from ray_sticker.data.synthetic import make_classify_dataset
+from ray_sticker.evaluate import evaluate_export
+from ray_sticker.train.export import load_model
+from ray_sticker.train.trainer import run_training
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def _tiny(name: str, *overrides: str):
+    return load_config(name, ["data.synthetic_if_missing=false", *overrides])
+
+
+@pytest.mark.s3
+def test_zero2_from_s3_checkpoints_in_bucket_and_resume(ray_cluster, s3_env, s3_bucket):
+    data = f"{s3_bucket}/datasets/synthetic"
+    assert cli_main(["-q", "prepare", "synthetic", "--out", data, "--image-size", "32"]) == 0
+    runs = f"{s3_bucket}/runs"
+    common = [f"data.uri={data}", f"train.storage_path={runs}", "train.run_name=e2e", "deepspeed.zero_stage=2",
+              "train.scheduler=constant"]
+
+    first = run_training(_tiny("m2sa-tiny", *common, "train.epochs=2"))
+    assert [h["epoch"] for h in first.history] == [0, 1]
+    final = first.final
+    assert final["world_size"] == 2 and final["zero_stage"] == 2
+    assert final["val_examples"] == 300  # the whole validation split, gathered over both ranks
+    assert final["val_accuracy"] > 0.5, final  # chance 1/3
+    assert final["samples_per_s"] > 0 and 0 <= final["data_wait_fraction"] <= 1
+
+    run_dir = f"{runs}/e2e"
+    names = {u.rsplit("/", 1)[-1] for u in storage.listdir(run_dir)}
+    assert {"epoch-0000", "epoch-0001", "export", "metrics.json", "metrics.csv"} <= names
+    state = {u.rsplit("/", 1)[-1] for u in storage.listdir(f"{run_dir}/epoch-0001/state")}
+    assert any(n.startswith("zero_pp_rank_0_") for n in state) and any(n.startswith("zero_pp_rank_1_") for n in state)
+    assert storage.read_json(f"{run_dir}/metrics.json")[-1]["epoch"] == 1
+
+    # Same name, more epochs: resumes after epoch 1 instead of starting over.
+    second = run_training(_tiny("m2sa-tiny", *common, "train.epochs=3"))
+    assert [h["epoch"] for h in second.history] == [0, 1, 2]
+    assert second.history[:2] == first.history
+    steps_per_epoch = math.ceil(1800 // 2 / 32)
+    assert second.history[2]["global_step"] == first.history[1]["global_step"] + steps_per_epoch
+    assert second.final["val_accuracy"] > 0.8, second.final  # best unimodal: 5/9
+
+    # The consolidated export, read back from S3, evaluates on the test split.
+    metrics = evaluate_export(second.export_uri, split="test")
+    assert metrics["examples"] == 300
+    assert metrics["sentiment_accuracy"] > 0.7, metrics
+
+
+def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_path):
+    data = str(tmp_path / "corrupt")
+    make_classify_dataset(data, num_rows=800, image_size=32, corrupt_fraction=0.05, seed=3)
+    cfg = _tiny("m2sa-tiny", f"data.uri={data}", f"train.storage_path={tmp_path / 'runs'}",
+                "train.epochs=1", "deepspeed.zero_stage=3", "data.max_corrupt_fraction=0.2")
+    result = run_training(cfg)
+    final = result.final
+    total, per_rank = final["params_total"], final["params_per_rank"]
+    assert len(per_rank) == 2 and sum(per_rank) >= total
+    for n in per_rank:  # each rank holds about half (DeepSpeed pads partitions)
+        assert abs(n / total - 0.5) < 0.05, (per_rank, total)
+    assert final["train_skipped[corrupt image]"] > 0
+    assert final["train_rows_seen"] == 600 - 600 % 2
+    assert final["train_samples"] == final["train_rows_seen"] - final["train_rows_skipped"]
+
+    # The export holds the full (gathered) parameters, not rank 0's shard.
+    model, _, label_maps = load_model(result.export_uri)
+    assert sum(p.numel() for p in model.parameters()) == total
+    assert label_maps["sentiment"] == ["neutral", "positive", "negative"]
+
+    # Above the threshold the run fails, saying how many rows and why.
+    strict = cfg.model_copy(deep=True)
+    strict.data.max_corrupt_fraction = 0.001
+    strict.train.run_name = "strict"
+    with pytest.raises(Exception, match=r"corrupt image.*above data.max_corrupt_fraction=0.001"):
+        run_training(strict)
+
+
+def test_demo_multimodal_beats_both_unimodal_baselines(ray_cluster, capsys):
+    """`ray-sticker train` with no arguments: the embedded default and its results table."""
+    assert cli_main(["-q", "train"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in ("m2sa-tiny", "text-only-tiny", "image-only-tiny")}
+    acc = {name: float(cols[1]) for name, cols in rows.items()}
+    assert set(acc) == {"m2sa-tiny", "text-only-tiny", "image-only-tiny"}, out
+    assert acc["m2sa-tiny"] >= max(acc["text-only-tiny"], acc["image-only-tiny"]) + 0.10, acc
+    assert np.isclose(acc["text-only-tiny"], 5 / 9, atol=0.12) and np.isclose(acc["image-only-tiny"], 5 / 9, atol=0.12)
