@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 from ray_sticker.config import ConfigError, list_configs, load_config
+from ray_sticker.data.schema import SchemaError
+from ray_sticker.storage import StorageError
 
 DEMO_CONFIGS = ("m2sa-tiny", "text-only-tiny", "image-only-tiny")
 
@@ -86,9 +88,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.format != "synthetic":
         print(f"unknown format '{args.format}'; available: synthetic", file=sys.stderr)
         return 2
-    if args.task != "classify":
-        print("the synthetic generator supports --task classify", file=sys.stderr)
-        return 2
     from ray_sticker.data.synthetic import make_classify_dataset
 
     manifest = make_classify_dataset(args.out, num_rows=args.rows, seed=args.seed, image_size=args.image_size,
@@ -100,7 +99,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ray_sticker.evaluate import evaluate_export
 
-    metrics = evaluate_export(args.export, data_uri=args.data, split=args.split, batch_size=args.batch_size,
+    metrics = evaluate_export(args.model, data_uri=args.data, split=args.split, batch_size=args.batch_size,
                               address=args.address)
     rows = [{"metric": k, "value": v} for k, v in metrics.items()]
     print(format_table(rows, [("metric", "metric", ""), ("value", "value", ".4f")]))
@@ -162,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="write a canonical dataset (Parquet shards + manifest)",
                         description="Write a canonical dataset to a local directory or s3:// URI.")
     pr.add_argument("format", help="source format: synthetic")
-    pr.add_argument("--task", default="classify", choices=["classify", "select"])
+    pr.add_argument("--task", default="classify", choices=["classify"])
     pr.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
     pr.add_argument("--rows", type=int, default=2400)
     pr.add_argument("--seed", type=int, default=0)
@@ -172,9 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of rows written with undecodable image bytes (for testing)")
     pr.set_defaults(fn=cmd_prepare)
 
-    e = sub.add_parser("evaluate", help="evaluate an exported model on a dataset split",
-                       description="Metrics of an export (run_dir/export, local or s3://) on a dataset split.")
-    e.add_argument("--export", required=True, help="export directory URI (model.safetensors + config.json)")
+    e = sub.add_parser("evaluate", help="evaluate an export or a checkpoint on a dataset split",
+                       description="Metrics of a model on a dataset split: an export (<run>/export) or a "
+                                   "training checkpoint (<run>/epoch-NNNN), local or s3://.")
+    e.add_argument("--model", "--export", dest="model", required=True,
+                   help="export or checkpoint directory URI")
     e.add_argument("--data", help="dataset URI (default: the one the model was trained on)")
     e.add_argument("--split", default="test")
     e.add_argument("--batch-size", type=int, default=64)
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(not args.quiet)
     try:
         return args.fn(args)
-    except ConfigError as exc:
+    except (ConfigError, SchemaError, StorageError, FileNotFoundError) as exc:
+        # Problems with the user's config, dataset or storage: one line, no traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_PACKAGE = "ray_sticker.configs"
 
@@ -67,6 +67,16 @@ class ModelConfig(_Section):
     freeze_vision: bool = False
     text_lr: float | None = Field(default=None, gt=0, description="learning rate of the text tower")
     vision_lr: float | None = Field(default=None, gt=0, description="learning rate of the vision tower")
+
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from ray_sticker.models.registry import list_models
+
+        if name not in list_models():
+            raise ValueError(f"unknown model; registered: {', '.join(list_models())}")
+        return name
 
 
 class TrainConfig(_Section):

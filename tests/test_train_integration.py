@@ -5,13 +5,16 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from ray_sticker import storage
 from ray_sticker.cli import main as cli_main
 from ray_sticker.config import load_config
 from ray_sticker.data.synthetic import make_classify_dataset
 from ray_sticker.evaluate import evaluate_export
+from ray_sticker.models.registry import build_model
 from ray_sticker.train.export import load_model
+from ray_sticker.train.loop import set_seed
 from ray_sticker.train.trainer import run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -59,12 +62,15 @@ def test_zero2_from_s3_checkpoints_in_bucket_and_resume(ray_cluster, s3_env, s3_
 
 
 def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_path):
+    """ZeRO-3 with a frozen text tower, its own vision learning rate and gradient accumulation."""
     data = str(tmp_path / "corrupt")
     make_classify_dataset(data, num_rows=800, image_size=32, corrupt_fraction=0.05, seed=3)
     cfg = _tiny("m2sa-tiny", f"data.uri={data}", f"train.storage_path={tmp_path / 'runs'}",
-                "train.epochs=1", "deepspeed.zero_stage=3", "data.max_corrupt_fraction=0.2")
+                "train.epochs=1", "deepspeed.zero_stage=3", "data.max_corrupt_fraction=0.2",
+                "model.freeze_text=true", "model.vision_lr=1e-2", "deepspeed.gradient_accumulation_steps=2")
     result = run_training(cfg)
     final = result.final
+    assert final["global_step"] == math.ceil(math.ceil(300 / 32) / 2)  # 10 micro-batches per rank
     total, per_rank = final["params_total"], final["params_per_rank"]
     assert len(per_rank) == 2 and sum(per_rank) >= total
     for n in per_rank:  # each rank holds about half (DeepSpeed pads partitions)
@@ -73,10 +79,23 @@ def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_pat
     assert final["train_rows_seen"] == 600 - 600 % 2
     assert final["train_samples"] == final["train_rows_seen"] - final["train_rows_skipped"]
 
-    # The export holds the full (gathered) parameters, not rank 0's shard.
+    # The export holds the full (gathered) parameters, not rank 0's shard; the frozen text
+    # tower kept its initial weights (same seed), the vision tower moved.
     model, _, label_maps = load_model(result.export_uri)
     assert sum(p.numel() for p in model.parameters()) == total
     assert label_maps["sentiment"] == ["neutral", "positive", "negative"]
+    set_seed(cfg.train.seed)
+    initial = build_model(cfg.model.name).state_dict()
+    trained = model.state_dict()
+    for key in initial:
+        if key.startswith("text."):
+            assert torch.equal(initial[key], trained[key]), key
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial if k.startswith("vision."))
+
+    # A ZeRO-3 checkpoint (partitioned over 2 ranks) evaluates like the export.
+    from_export = evaluate_export(result.export_uri, split="validation")
+    from_checkpoint = evaluate_export(f"{result.run_dir}/epoch-0000", split="validation")
+    assert from_checkpoint == from_export
 
     # Above the threshold the run fails, saying how many rows and why.
     strict = cfg.model_copy(deep=True)

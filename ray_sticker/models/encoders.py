@@ -100,6 +100,20 @@ class VisionTower(nn.Module):
         return tokens, pooled
 
 
+def vision_image_size(spec: dict[str, Any]) -> int:
+    """The input resolution of a vision tower spec, without building it."""
+    if "vision_cfg" in spec:
+        size = spec["vision_cfg"].get("image_size", 224)
+    else:
+        import open_clip
+
+        model_cfg = open_clip.get_model_config(spec["open_clip_model"])
+        if model_cfg is None:
+            raise ValueError(f"vision tower: unknown open_clip model '{spec['open_clip_model']}'")
+        size = model_cfg["vision_cfg"].get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
 def _weights_location(uri: str) -> str:
     """Hub names pass through; local paths are expanded; s3:// objects are cached locally."""
     if storage.is_s3(uri):

@@ -29,6 +29,17 @@ log = logging.getLogger("ray_sticker.train")
 CLIENT_STATE_KEY = "ray_sticker"
 
 
+def _worker_logging() -> None:
+    """INFO logs with timestamps from the library inside Ray worker processes."""
+    logger = logging.getLogger("ray_sticker")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def set_seed(seed: int) -> None:
     import random
 
@@ -170,7 +181,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
     from ray_sticker.models.registry import build_model
 
     t_setup = time.perf_counter()
-    logging.getLogger("ray_sticker").setLevel(logging.INFO)
+    _worker_logging()
     cfg = from_dict(loop_config["experiment"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray_sticker import storage
-from ray_sticker.config import ExperimentConfig
+from ray_sticker.config import ConfigError, ExperimentConfig
 from ray_sticker.data import schema
 from ray_sticker.data.pipeline import PreprocessSpec, build_dataset, split_schema
 
@@ -46,7 +46,7 @@ def ensure_dataset(cfg: ExperimentConfig) -> schema.Manifest:
         from ray_sticker.data.synthetic import make_classify_dataset
 
         if cfg.task != "classify":
-            raise ValueError(f"no synthetic generator for task '{cfg.task}' yet")
+            raise ConfigError(f"no synthetic generator for task '{cfg.task}' yet")
         log.info("writing the synthetic dataset to %s", uri)
         make_classify_dataset(uri, num_rows=cfg.data.synthetic_rows, seed=cfg.train.seed)
     return schema.read_manifest(uri)
@@ -77,24 +77,31 @@ def preprocess_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: 
 
 
 def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]]:
-    """Everything that can be checked before Ray starts workers: model, dataset, columns."""
+    """Everything that can be checked before Ray starts workers: model, dataset, columns,
+    label maps, image size. Problems raise :class:`ConfigError` (or the storage/schema
+    error that names the URI)."""
+    from ray_sticker.models.encoders import vision_image_size
     from ray_sticker.models.registry import get_model_config
 
     model_cfg = get_model_config(cfg.model.name, cfg.model.overrides)
     if model_cfg.get("task", "classify") != cfg.task:
-        raise ValueError(f"model '{cfg.model.name}' is a {model_cfg.get('task')} model but the config task is {cfg.task}")
+        raise ConfigError(f"model '{cfg.model.name}' is a {model_cfg.get('task')} model but the config task is {cfg.task}")
+    if model_cfg.get("vision"):
+        size = vision_image_size(model_cfg["vision"])
+        if size != cfg.data.image_size:
+            raise ConfigError(f"data.image_size={cfg.data.image_size} but model '{cfg.model.name}' takes {size} px images")
     manifest = ensure_dataset(cfg)
     if manifest.task != cfg.task:
-        raise ValueError(f"dataset {cfg.data.uri} is for task '{manifest.task}', the config for '{cfg.task}'")
+        raise ConfigError(f"dataset {cfg.data.uri} is for task '{manifest.task}', the config for '{cfg.task}'")
+    spec = preprocess_spec(cfg, model_cfg, manifest, train=False)
     for split in (cfg.data.train_split, cfg.data.eval_split):
         if split not in manifest.splits:
-            raise ValueError(f"dataset {cfg.data.uri} has no split '{split}'; it has {sorted(manifest.splits)}")
-        spec = preprocess_spec(cfg, model_cfg, manifest, train=False)
+            raise ConfigError(f"dataset {cfg.data.uri} has no split '{split}'; it has {sorted(manifest.splits)}")
         schema.check_columns(split_schema(cfg.data.uri, split), spec.columns(),
                              f"dataset {cfg.data.uri} split '{split}'")
     rows = manifest.splits[cfg.data.train_split]
     if rows < cfg.train.num_workers:
-        raise ValueError(f"split '{cfg.data.train_split}' has {rows} rows, fewer than train.num_workers")
+        raise ConfigError(f"split '{cfg.data.train_split}' has {rows} rows, fewer than train.num_workers")
     return manifest, model_cfg
 
 
