@@ -51,7 +51,7 @@ def test_zero2_from_s3_checkpoints_in_bucket_and_resume(ray_cluster, s3_env, s3_
     second = run_training(_tiny("m2sa-tiny", *common, "train.epochs=3"))
     assert [h["epoch"] for h in second.history] == [0, 1, 2]
     assert second.history[:2] == first.history
-    steps_per_epoch = math.ceil(1800 // 2 / 32)
+    steps_per_epoch = math.ceil(1800 // 2 / load_config("m2sa-tiny").train.batch_size)
     assert second.history[2]["global_step"] == first.history[1]["global_step"] + steps_per_epoch
     assert second.final["val_accuracy"] > 0.8, second.final  # best unimodal: 5/9
 
@@ -70,7 +70,8 @@ def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_pat
                 "model.freeze_text=true", "model.vision_lr=1e-2", "deepspeed.gradient_accumulation_steps=2")
     result = run_training(cfg)
     final = result.final
-    assert final["global_step"] == math.ceil(math.ceil(300 / 32) / 2)  # 10 micro-batches per rank
+    micro_batches = math.ceil(300 / cfg.train.batch_size)  # 600 train rows over 2 ranks
+    assert final["global_step"] == math.ceil(micro_batches / 2)
     total, per_rank = final["params_total"], final["params_per_rank"]
     assert len(per_rank) == 2 and sum(per_rank) >= total
     for n in per_rank:  # each rank holds about half (DeepSpeed pads partitions)

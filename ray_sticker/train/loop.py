@@ -152,7 +152,7 @@ def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
             out = engine(batch)
             if empty:
                 continue
-            losses.append(float(out.loss) * len(next(iter(batch.values()))))
+            losses.append(out.loss.item() * len(next(iter(batch.values()))))
             for h in heads:
                 preds[h].append(out.logits[h].argmax(-1).cpu().numpy())
                 labels[h].append(batch[f"label_{h}"].cpu().numpy())
@@ -236,9 +236,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
             n_micro += 1
             if not empty:
                 samples += int(codes.size - np.count_nonzero(codes))
-                loss_sum += float(out.loss)
+                loss_sum += out.loss.detach().item()
                 for k, v in out.losses.items():
-                    loss_terms[k] = loss_terms.get(k, 0.0) + float(v)
+                    loss_terms[k] = loss_terms.get(k, 0.0) + v.detach().item()
             if engine.is_gradient_accumulation_boundary():
                 global_step += 1
             if rank == 0 and n_micro % cfg.train.log_every_steps == 0:
