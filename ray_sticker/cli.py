@@ -107,17 +107,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ray_sticker.models.registry import get_model_config, list_models
+    from ray_sticker.models.registry import build_from_config, get_model_config, list_models, merge
 
     rows = []
     for name in list_models():
         cfg = get_model_config(name)
         row = {"name": name, "arch": cfg.get("arch", ""), "task": cfg.get("task", ""),
                "description": cfg.get("description", "")}
-        if args.params:
-            from ray_sticker.models.registry import build_from_config
-            from ray_sticker.models.registry import merge
-
+        if args.params:  # random weights from the architecture configs: no download
             random_init = merge(cfg, {"text.pretrained": False} if cfg.get("text") else {})
             if cfg.get("vision"):
                 random_init = merge(random_init, {"vision.pretrained": None})

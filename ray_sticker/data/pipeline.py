@@ -11,7 +11,7 @@ reason across ranks and fails the run above ``data.max_corrupt_fraction``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -42,7 +42,6 @@ class PreprocessSpec:
     augment: bool = False
     text_column: str = "context"
     image_column: str = "image"
-    extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     def columns(self) -> list[str]:
         cols = ["example_id"]
@@ -66,14 +65,13 @@ def split_schema(uri: str, split: str):
     return ds.schema
 
 
-def read_split(uri: str, split: str, columns: list[str], parallelism: int | None = None):
+def read_split(uri: str, split: str, columns: list[str]):
     """A Ray Dataset of one split with only ``columns``; fails naming missing ones first."""
     import ray.data
 
     schema.check_columns(split_schema(uri, split), columns, f"dataset {uri} split '{split}'")
     fs, path = storage.resolve(schema.split_uri(uri, split))
-    kwargs = {"override_num_blocks": parallelism} if parallelism else {}
-    return ray.data.read_parquet(path, filesystem=fs, **kwargs).select_columns(columns)
+    return ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
 
 
 def _join_turns(turns, sep: str) -> str:

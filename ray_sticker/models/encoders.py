@@ -134,11 +134,16 @@ def _load_open_clip_visual(visual: nn.Module, name: str | None, pretrained: str)
         import open_clip
 
         state = open_clip.create_model(name, pretrained=pretrained).visual.state_dict()
-    missing, unexpected = visual.load_state_dict(state, strict=False)
+    arch = name or "the configured vision_cfg"
+    try:
+        missing, unexpected = visual.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise ValueError(f"vision weights {pretrained} do not match {arch}: {first.strip()}") from None
     missing = [k for k in missing if k != "proj"]
     if missing or unexpected:
         raise ValueError(
-            f"vision weights {pretrained} do not match {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"vision weights {pretrained} do not match {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
 
 

@@ -42,6 +42,7 @@ def list_models() -> list[str]:
 
 
 def list_archs() -> list[str]:
+    """Names of the registered builders (the ``"arch"`` values a config may name)."""
     _import_model_modules()
     return sorted(_BUILDERS)
 

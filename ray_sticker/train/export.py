@@ -23,8 +23,8 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
-    """Full fp32 state dict on every rank (ZeRO-3 params gathered); None only on error."""
+def consolidated_state_dict(engine) -> dict[str, torch.Tensor]:
+    """Full fp32 state dict on every rank (ZeRO-3 parameters gathered from all ranks first)."""
     import deepspeed
 
     module = engine.module
