@@ -72,6 +72,9 @@ def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_pat
     final = result.final
     micro_batches = math.ceil(300 / cfg.train.batch_size)  # 600 train rows over 2 ranks
     assert final["global_step"] == math.ceil(micro_batches / 2)
+    # Per-tower learning rates survive ZeRO-3's optimizer wrapping; no group for the frozen tower.
+    assert final["lr[vision]"] == pytest.approx(1e-2) and final["lr[head]"] == pytest.approx(cfg.train.lr)
+    assert not any(k.startswith("lr[text") for k in final)
     total, per_rank = final["params_total"], final["params_per_rank"]
     assert len(per_rank) == 2 and sum(per_rank) >= total
     for n in per_rank:  # each rank holds about half (DeepSpeed pads partitions)

@@ -260,6 +260,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
             "step_s": step_s,
             "data_wait_fraction": wait_s / max(1e-9, wait_s + step_s),
             "lr": engine.get_lr()[0],
+            **{f"lr[{g['name']}]": g["lr"] for g in engine.optimizer.param_groups if "name" in g},
             **{f"train_{k}": v for k, v in train_skips.items()},
         }
         metrics.update(evaluate(engine, ray.train.get_dataset_shard("validation"), cfg, device, last_batch))
