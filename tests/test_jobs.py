@@ -1,0 +1,127 @@
+"""`ray job submit` against a real local head (token auth, free ports), as users run it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ray_sticker import storage
+from ray_sticker.data.synthetic import make_classify_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Head:
+    address: str
+    env: dict[str, str]
+    home: Path
+
+    def ray(self, command: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """``ray job COMMAND --address … ARGS`` (the address before any ``--`` entrypoint)."""
+        return subprocess.run([str(BIN / "ray"), "job", command, "--address", self.address, *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    home = tmp_path_factory.mktemp("job-home")
+    temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_STICKER_HOME": str(home)}
+    dashboard = _free_port()
+    log = open(home / "head.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:  # 401 without the token: the server is up
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray head did not start: {(home / 'head.log').read_text()[-2000:]}")
+            time.sleep(1)
+    yield Head(address=address, env=env, home=home)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+    log.close()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def job_dataset(ray_head):
+    uri = str(ray_head.home / "dataset")
+    make_classify_dataset(uri, num_rows=800, image_size=32)
+    return uri
+
+
+def _train_args(dataset: str, runs: Path, name: str, *extra: str) -> list[str]:
+    return ["--", "python", "jobs/train.py", "--config", "m2sa-tiny", f"data.uri={dataset}",
+            "data.synthetic_if_missing=false", f"train.storage_path={runs}", f"train.run_name={name}", *extra]
+
+
+def test_submit_training_job_and_fetch_logs(ray_head, job_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    done = ray_head.ray("submit", "--submission-id", "rs-train", "--working-dir", ".",
+                        *_train_args(job_dataset, runs, "job", "train.epochs=1"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout + done.stderr
+    history = storage.read_json(str(runs / "job" / "metrics.json"))
+    assert [h["epoch"] for h in history] == [0] and history[0]["world_size"] == 2
+    assert (runs / "job" / "export" / "model.safetensors").exists()
+    logs = ray_head.ray("logs", "rs-train")
+    assert logs.returncode == 0
+    assert "val acc" in logs.stdout and "m2sa-tiny" in logs.stdout
+
+
+def test_failing_job_makes_submit_fail_with_the_reason(ray_head, job_dataset, tmp_path):
+    done = ray_head.ray("submit", "--working-dir", ".",
+                        *_train_args(job_dataset, tmp_path, "bad", "deepspeed.zero_stage=5"))
+    assert done.returncode != 0
+    assert "deepspeed.zero_stage: Input should be 0, 1, 2 or 3 (got 5)" in done.stdout + done.stderr
+
+
+def test_stop_ends_a_long_job(ray_head, job_dataset, tmp_path):
+    started = ray_head.ray("submit", "--no-wait", "--submission-id", "rs-long", "--working-dir", ".",
+                           *_train_args(job_dataset, tmp_path, "long", "train.epochs=1000"))
+    assert started.returncode == 0, started.stderr[-2000:]
+    deadline = time.monotonic() + 180
+    while "worker setup" not in ray_head.ray("logs", "rs-long").stdout:  # training is under way
+        assert time.monotonic() < deadline, ray_head.ray("logs", "rs-long").stdout[-2000:]
+        time.sleep(3)
+    stop = ray_head.ray("stop", "rs-long")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    status = ray_head.ray("status", "rs-long")
+    assert "was stopped" in status.stdout + status.stderr
