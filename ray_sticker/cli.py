@@ -23,7 +23,7 @@ DEMO_CONFIGS = ("m2sa-tiny", "text-only-tiny", "image-only-tiny")
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ray_sticker").setLevel(logging.INFO)
+    logging.getLogger("ray_sticker").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
@@ -53,12 +53,11 @@ RESULT_COLUMNS = [
 
 def _result_row(cfg, result) -> dict[str, Any]:
     final = result.final
-    head = next(iter(cfg.model.overrides.get("heads", {}) or {}), None) or "sentiment"
     return {
         "model": cfg.model.name,
         "val_accuracy": final.get("val_accuracy"),
-        "val_weighted_f1": final.get(f"val_{head}_weighted_f1"),
-        "val_macro_f1": final.get(f"val_{head}_macro_f1"),
+        "val_weighted_f1": final.get("val_weighted_f1"),
+        "val_macro_f1": final.get("val_macro_f1"),
         "epochs": len(result.history),
         "samples_per_s": final.get("samples_per_s"),
         "data_wait_fraction": final.get("data_wait_fraction"),

@@ -168,7 +168,8 @@ def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
         metrics["val_examples"] = int(full[f"label_{h}"].size)
     if heads:
         first = next(iter(heads))
-        metrics["val_accuracy"] = metrics[f"val_{first}_accuracy"]
+        for k in ("accuracy", "weighted_f1", "macro_f1"):  # the first head's, under short names
+            metrics[f"val_{k}"] = metrics[f"val_{first}_{k}"]
         metrics["val_loss"] = float(full["loss_sum"].sum()) / max(1, metrics["val_examples"])
     metrics.update({f"val_{k}": v for k, v in skips.check(cfg.data.max_corrupt_fraction, "validation").items()})
     return metrics
