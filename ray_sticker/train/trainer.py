@@ -154,7 +154,6 @@ def run_many(cfgs: list[ExperimentConfig], ray_address: str | None = None) -> li
 
 
 def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunResult:
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
