@@ -148,20 +148,26 @@ def run_many(cfgs: list[ExperimentConfig], ray_address: str | None = None) -> li
     """Runs one after another on one Ray cluster; every config is checked, and every
     dataset made, before the first run starts."""
     cfgs = [c.resolved() for c in cfgs]
-    for cfg in cfgs:
-        check_inputs(cfg)
-    return [run_training(cfg, ray_address) for cfg in cfgs]
+    checked = [(cfg, *check_inputs(cfg)) for cfg in cfgs]
+    return [_fit(cfg, manifest, model_cfg, ray_address) for cfg, manifest, model_cfg in checked]
 
 
 def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunResult:
+    """Check the inputs, then train one experiment."""
+    cfg = cfg.resolved()
+    manifest, model_cfg = check_inputs(cfg)
+    return _fit(cfg, manifest, model_cfg, ray_address)
+
+
+def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, Any],
+         ray_address: str | None) -> RunResult:
+    """Assemble and fit the TorchTrainer of a resolved, checked config."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ray_sticker.train.loop import train_loop_per_worker
 
     t0 = time.perf_counter()
-    cfg = cfg.resolved()
-    manifest, model_cfg = check_inputs(cfg)
     init_ray(ray_address)
 
     name = cfg.train.run_name or default_run_name(cfg)
