@@ -12,7 +12,8 @@ from ray_sticker.data import synthetic
 from ray_sticker.data.pipeline import PreprocessSpec, preprocess_batch
 from ray_sticker.models import registry
 from ray_sticker.models.encoders import TINY_TOKENIZER, TextTower, VisionTower, load_tokenizer, tiny_vocab_size
-from ray_sticker.models.m2sa import CLIP_MEAN, CLIP_STD, ImageNormalize, PooledFusionClassifier
+from ray_sticker.models.layers import CLIP_MEAN, CLIP_STD, ImageNormalize
+from ray_sticker.models.m2sa import PooledFusionClassifier
 from ray_sticker.models.output import ModelOutput
 from ray_sticker.models.registry import build_from_config, build_model, get_model_config, list_models, merge
 

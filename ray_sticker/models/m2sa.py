@@ -20,27 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_sticker.models.encoders import TextTower, VisionTower
+from ray_sticker.models.layers import ImageNormalize
 from ray_sticker.models.output import ModelOutput
 from ray_sticker.models.registry import register
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ImageNormalize(nn.Module):
-    """uint8 CHW batches from the pipeline -> normalised floats in the model's dtype."""
-
-    def __init__(self, mean=CLIP_MEAN, std=CLIP_STD):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        x = pixels.float()
-        if pixels.dtype == torch.uint8:
-            x = x / 255.0
-        return ((x - self.mean) / self.std).to(dtype)
-
 
 class PooledFusionClassifier(nn.Module):
     """concat(pooled text, pooled image) -> Linear -> classes, one head per label (Eq. in §4.3 of M2SA)."""
@@ -54,8 +36,7 @@ class PooledFusionClassifier(nn.Module):
         self.vision = VisionTower(cfg["vision"]) if cfg.get("vision") else None
         if self.text is None and self.vision is None:
             raise ValueError("model needs a text tower, a vision tower or both")
-        vis = cfg.get("vision") or {}
-        self.normalize = ImageNormalize(vis.get("image_mean", CLIP_MEAN), vis.get("image_std", CLIP_STD))
+        self.normalize = ImageNormalize.for_tower(cfg.get("vision"))
         width = (self.text.width if self.text else 0) + (self.vision.width if self.vision else 0)
         self.dropout = nn.Dropout(float(cfg.get("dropout", 0.0)))
         self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in self.heads_spec.items()})

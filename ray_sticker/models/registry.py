@@ -92,6 +92,16 @@ def build_from_config(cfg: dict[str, Any]) -> nn.Module:
     return _BUILDERS[arch](cfg)
 
 
+_NOT_MODELS = {"registry", "encoders", "output", "layers", "losses"}
+
+
 def _import_model_modules() -> None:
-    # Importing a model module registers its builders.
-    from ray_sticker.models import m2sa  # noqa: F401
+    """Import every model module of the package once; importing one registers its builders."""
+    import importlib
+    import pkgutil
+
+    import ray_sticker.models as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.ispkg and info.name not in _NOT_MODELS:
+            importlib.import_module(f"ray_sticker.models.{info.name}")
