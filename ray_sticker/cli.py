@@ -43,6 +43,9 @@ RESULT_COLUMNS = [
     ("val acc", "val_accuracy", ".4f"),
     ("weighted-F1", "val_weighted_f1", ".4f"),
     ("macro-F1", "val_macro_f1", ".4f"),
+    ("MAP", "val_map", ".4f"),
+    ("R@1", "val_r@1", ".4f"),
+    ("pool mAP", "val_pool_map", ".4f"),
     ("epochs", "epochs", "d"),
     ("samples/s", "samples_per_s", ".1f"),
     ("data wait", "data_wait_fraction", ".1%"),
@@ -58,7 +61,10 @@ def _result_row(cfg, result) -> dict[str, Any]:
         "val_accuracy": final.get("val_accuracy"),
         "val_weighted_f1": final.get("val_weighted_f1"),
         "val_macro_f1": final.get("val_macro_f1"),
-        "epochs": len(result.history),
+        "val_map": final.get("val_map"),
+        "val_r@1": next((v for k, v in final.items() if k.startswith("val_r") and k.endswith("@1")), None),
+        "val_pool_map": final.get("val_pool_map"),
+        "epochs": cfg.train.epochs,
         "samples_per_s": final.get("samples_per_s"),
         "data_wait_fraction": final.get("data_wait_fraction"),
         "wall_s": result.wall_s,
@@ -78,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.export_uri:
             print(f"exported {cfg.model.name} -> {result.export_uri}")
     print()
-    print(format_table(rows, RESULT_COLUMNS))
+    columns = [c for c in RESULT_COLUMNS if any(r.get(c[1]) is not None for r in rows)]
+    print(format_table(rows, columns))
     print(f"\ntotal {time.perf_counter() - t0:.0f}s")
     return 0
 
@@ -87,10 +94,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.format != "synthetic":
         print(f"unknown format '{args.format}'; available: synthetic", file=sys.stderr)
         return 2
-    from ray_sticker.data.synthetic import make_classify_dataset
+    if args.task == "select":
+        from ray_sticker.data.synthetic_select import make_select_dataset
 
-    manifest = make_classify_dataset(args.out, num_rows=args.rows, seed=args.seed, image_size=args.image_size,
-                                     rows_per_shard=args.rows_per_shard, corrupt_fraction=args.corrupt_fraction)
+        manifest = make_select_dataset(args.out, num_rows=args.rows, seed=args.seed, image_size=args.image_size,
+                                       rows_per_shard=args.rows_per_shard)
+    else:
+        from ray_sticker.data.synthetic import make_classify_dataset
+
+        manifest = make_classify_dataset(args.out, num_rows=args.rows, seed=args.seed, image_size=args.image_size,
+                                         rows_per_shard=args.rows_per_shard, corrupt_fraction=args.corrupt_fraction)
     print(f"wrote {args.out}: {manifest.splits} (label maps: {manifest.label_maps})")
     return 0
 
@@ -106,25 +119,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ray_sticker.models.registry import build_from_config, get_model_config, list_models, merge
+    from ray_sticker.models.registry import get_model_config, list_models
 
+    unknown = sorted(set(args.names) - set(list_models()))
+    if unknown:
+        print(f"error: unknown model(s) {', '.join(unknown)}; registered: {', '.join(list_models())}", file=sys.stderr)
+        return 2
+    names = args.names or list_models()
+    if args.params:  # random weights from the architecture configs: no download
+        from ray_sticker.models.params import params_table
+
+        rows = []
+        for row in params_table(names):
+            row.update({k: row[k] / 1e6 for k in ("params", "measured", "paper") if row.get(k) is not None})
+            if row.get("diff") is not None:
+                row["diff"] *= 100
+            rows.append(row)
+        print(format_table(rows, [("name", "name", ""), ("arch", "arch", ""), ("task", "task", ""),
+                                  ("params (M)", "params", ".2f"), ("compared", "compared", ""),
+                                  ("measured (M)", "measured", ".2f"), ("paper (M)", "paper", ".2f"),
+                                  ("diff %", "diff", "+.2f")]))
+        return 0
     rows = []
-    for name in list_models():
+    for name in names:
         cfg = get_model_config(name)
-        row = {"name": name, "arch": cfg.get("arch", ""), "task": cfg.get("task", ""),
-               "description": cfg.get("description", "")}
-        if args.params:  # random weights from the architecture configs: no download
-            random_init = merge(cfg, {"text.pretrained": False} if cfg.get("text") else {})
-            if cfg.get("vision"):
-                random_init = merge(random_init, {"vision.pretrained": None})
-            model = build_from_config(random_init)
-            row["params"] = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
-        rows.append(row)
-    cols = [("name", "name", ""), ("arch", "arch", ""), ("task", "task", "")]
-    if args.params:
-        cols.append(("params", "params", ""))
-    cols.append(("description", "description", ""))
-    print(format_table(rows, cols))
+        rows.append({"name": name, "arch": cfg.get("arch", ""), "task": cfg.get("task", ""),
+                     "description": cfg.get("description", "")})
+    print(format_table(rows, [("name", "name", ""), ("arch", "arch", ""), ("task", "task", ""),
+                              ("description", "description", "")]))
     return 0
 
 
@@ -148,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one experiment config (or, with no --config, the embedded demo)",
                        description="Train with Ray Train + DeepSpeed. Without --config: the tiny M2SA and its "
                                    "text-only and image-only baselines on the synthetic dataset, one results table.")
-    t.add_argument("--config", help=f"shipped config name ({', '.join(list_configs())}) or a YAML path/URI")
+    t.add_argument("--config", help="shipped config name (list them: ray-sticker configs) or a YAML path/URI")
     t.add_argument("overrides", nargs="*", metavar="section.field=value",
                    help="dotted overrides, e.g. train.epochs=3 deepspeed.zero_stage=3 data.uri=s3://bucket/ds")
     t.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
@@ -157,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="write a canonical dataset (Parquet shards + manifest)",
                         description="Write a canonical dataset to a local directory or s3:// URI.")
     pr.add_argument("format", help="source format: synthetic")
-    pr.add_argument("--task", default="classify", choices=["classify"])
+    pr.add_argument("--task", default="classify", choices=["classify", "select"],
+                    help="synthetic: classification (sentiment + intent) or sticker selection")
     pr.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
     pr.add_argument("--rows", type=int, default=2400)
     pr.add_argument("--seed", type=int, default=0)
@@ -179,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
 
     m = sub.add_parser("models", help="list the model registry", description="List architecture configs.")
-    m.add_argument("--params", action="store_true", help="build each with random weights and count parameters")
+    m.add_argument("names", nargs="*", metavar="name", help="architecture configs to list (default: all)")
+    m.add_argument("--params", action="store_true",
+                   help="build each with random weights (on the meta device) and count parameters, "
+                        "beside the paper's figures where the config has them")
     m.set_defaults(fn=cmd_models)
 
     c = sub.add_parser("configs", help="list shipped experiment configs, or print one resolved",

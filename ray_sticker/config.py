@@ -52,6 +52,16 @@ class DataConfig(_Section):
         default=0.01, ge=0.0, le=1.0, description="fail the run when more rows are skipped"
     )
     preprocess_batch_size: int = Field(default=64, gt=0)
+    num_candidates: int | None = Field(
+        default=None, ge=2,
+        description="selection: candidates per example (default: the dataset's, else 10); rows without "
+                    "a stored candidate set get one drawn from the sticker pool, seeded by example id",
+    )
+    eval_candidates: Literal["candidates", "pool"] = Field(
+        default="candidates",
+        description="selection: rank each example's candidates (MAP, R@k) or, for two-tower models, the "
+                    "whole sticker pool (P@k, mAP with intention relevance, PR curve)",
+    )
     cache_eval: bool = Field(
         default=True,
         description="preprocess the evaluation split once and keep it in the object store for every epoch",
@@ -80,7 +90,7 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(default=3, gt=0)
+    epochs: int = Field(default=3, ge=0, description="0: evaluate the initial (e.g. pretrained, zero-shot) model only")
     batch_size: int = Field(default=16, gt=0, description="micro-batch per worker")
     lr: float = Field(default=5e-5, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)

@@ -51,7 +51,7 @@ def test_configs_prints_one_resolved_with_overrides(capsys):
 
 
 def test_configs_with_a_bad_override_returns_2(capsys):
-    assert cli.main(["-q", "configs", "m2sa-tiny", "train.epochs=0"]) == 2
+    assert cli.main(["-q", "configs", "m2sa-tiny", "train.epochs=-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "train.epochs" in err
 
@@ -95,16 +95,21 @@ def test_prepare_synthetic_writes_a_readable_dataset(tmp_path, capsys):
 def test_prepare_rejects_unknown_format_and_task(tmp_path, capsys):
     assert cli.main(["-q", "prepare", "nosuchformat", "--out", str(tmp_path / "x")]) == 2
     assert "unknown format 'nosuchformat'; available: synthetic" in capsys.readouterr().err
-    # The synthetic generator writes classification data only.
-    assert _exit_code(["-q", "prepare", "synthetic", "--task", "select", "--out", str(tmp_path / "y")]) == 2
-    assert "classify" in capsys.readouterr().err
+    assert _exit_code(["-q", "prepare", "synthetic", "--task", "rank", "--out", str(tmp_path / "y")]) == 2
+    assert "invalid choice: 'rank'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_prepare_synthetic_selection(tmp_path, capsys):
+    assert cli.main(["-q", "prepare", "synthetic", "--task", "select", "--rows", "40", "--out", str(tmp_path / "s")]) == 0
+    assert "'emotion'" in capsys.readouterr().out
+    assert (tmp_path / "s" / "manifest.json").exists() and (tmp_path / "s" / "stickers").is_dir()
 
 
 @pytest.mark.parametrize(
     "command, options",
     [
-        ("train", ["--config", "--address", "section.field=value", "m2sa-tiny"]),
+        ("train", ["--config", "--address", "section.field=value", "ray-sticker configs"]),
         ("prepare", ["format", "--out", "--rows", "--seed", "--image-size", "--rows-per-shard", "--corrupt-fraction",
                      "--task"]),
         ("evaluate", [("--model", "--export"), "--data", "--split", "--batch-size", "--address"]),

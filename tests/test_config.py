@@ -27,7 +27,7 @@ def test_dotted_overrides_are_typed():
     "override, expected",
     [
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage: Input should be 0, 1, 2 or 3 (got 4)"),
-        ("train.epochs=0", "train.epochs: Input should be greater than 0 (got 0)"),
+        ("train.epochs=-1", "train.epochs: Input should be greater than or equal to 0 (got -1)"),
         ("train.optimizer=sgd", "train.optimizer: Input should be 'adamw', 'adam' or 'adafactor' (got 'sgd')"),
         ("train.epoch=3", "unknown field 'train.epoch'; allowed here: epochs,"),
         ("deepspeed.offload_param=true", "offload_param needs zero_stage 3"),

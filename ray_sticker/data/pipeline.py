@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ray_sticker import storage
@@ -23,7 +24,8 @@ from ray_sticker.data.images import ImageDecodeError, decode_image, eval_transfo
 log = logging.getLogger(__name__)
 
 SKIP_OK = 0
-SKIP_REASONS = {1: "corrupt image", 2: "missing image", 3: "label outside the label map", 4: "missing label"}
+SKIP_REASONS = {1: "corrupt image", 2: "missing image", 3: "label outside the label map", 4: "missing label",
+                5: "unknown sticker id", 6: "positive not among the candidates", 7: "wrong number of candidates"}
 
 
 class DataQualityError(RuntimeError):
@@ -31,25 +33,60 @@ class DataQualityError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class PreprocessSpec:
-    """What the model needs from each row; built from the experiment + model config."""
+class TextInput:
+    """One tokenized text input: ``columns`` joined (or, ``separate``, one text each)."""
 
-    labels: tuple[tuple[str, int], ...]  # (label column, number of classes)
-    tokenizer: str | None = None  # None: the model reads no text
+    name: str  # "text" -> input_ids / attention_mask; else <name>_input_ids / <name>_attention_mask
+    columns: tuple[str, ...]
+    tokenizer: str
+    max_length: int
+    default: str = ""
+    separate: bool = False
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        prefix = "" if self.name == "text" else f"{self.name}_"
+        return f"{prefix}input_ids", f"{prefix}attention_mask"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What the model needs from each row; built from the experiment + model config.
+    ``tokenizer``/``max_text_length`` are the shorthand for one ``text`` input over ``context``."""
+
+    labels: tuple[tuple[str, int], ...]  # required (label column, number of classes)
+    tokenizer: str | None = None
     max_text_length: int = 128
     use_image: bool = True
     image_size: int = 224
     augment: bool = False
     text_column: str = "context"
     image_column: str = "image"
+    texts: tuple[TextInput, ...] = ()
+    aux_labels: tuple[tuple[str, int], ...] = ()  # optional labels: -1 where missing
+    # Selection: candidates per example and the sticker pool's ids in pool order.
+    num_candidates: int = 0
+    sticker_ids: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokenizer and not self.texts:
+            object.__setattr__(self, "texts", (TextInput("text", (self.text_column,), self.tokenizer,
+                                                         self.max_text_length),))
+
+    @property
+    def select(self) -> bool:
+        return self.num_candidates > 0
 
     def columns(self) -> list[str]:
         cols = ["example_id"]
-        if self.tokenizer:
-            cols.append(self.text_column)
-        if self.use_image:
+        for t in self.texts:
+            cols += [c for c in t.columns if c not in cols]
+        if self.use_image and not self.select:
             cols.append(self.image_column)
-        cols += [name for name, _ in self.labels]
+        if self.select:
+            cols += ["sticker_id", "candidate_ids"]
+        cols += [name for name, _ in self.labels + self.aux_labels if name not in cols]
         return cols
 
 
@@ -74,12 +111,76 @@ def read_split(uri: str, split: str, columns: list[str]):
     return ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
 
 
-def _join_turns(turns, sep: str) -> str:
-    if turns is None:
+def _as_text(value, sep: str) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
-    if isinstance(turns, str):
-        return turns
-    return f" {sep} ".join(str(t) for t in turns)
+    if isinstance(value, str):
+        return value
+    return f" {sep} ".join(str(t) for t in value)  # a list of turns
+
+
+def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], n: int) -> dict[str, np.ndarray]:
+    """Token ids and masks of every text input (see :class:`TextInput`)."""
+    from ray_sticker.models.encoders import load_tokenizer
+
+    out: dict[str, np.ndarray] = {}
+    for t in texts:
+        tok = load_tokenizer(t.tokenizer)
+        sep = tok.sep_token or "|"
+        per_column = [[_as_text(v, sep) or t.default for v in batch[c]] for c in t.columns]
+        if t.separate:  # row-major (n, C)
+            flat = [per_column[c][i] for i in range(n) for c in range(len(t.columns))]
+        else:
+            flat = [f" {sep} ".join(p for p in (col[i] for col in per_column) if p) or t.default for i in range(n)]
+        enc = tok(flat, padding="max_length", truncation=True, max_length=t.max_length, return_tensors="np")
+        shape = (n, len(t.columns), t.max_length) if t.separate else (n, t.max_length)
+        ids_key, mask_key = t.keys
+        out[ids_key] = enc["input_ids"].astype(np.int64).reshape(shape)
+        out[mask_key] = enc["attention_mask"].astype(np.int64).reshape(shape)
+    return out
+
+
+def _labels(raw, num_classes: int, skip: np.ndarray, required: bool) -> np.ndarray:
+    labels = np.full(len(raw), -1, dtype=np.int64)
+    for i, value in enumerate(raw):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            if required:
+                skip[i] = skip[i] or 4
+        elif not 0 <= int(value) < num_classes:
+            skip[i] = skip[i] or 3
+        else:
+            labels[i] = int(value)
+    return labels
+
+
+def _candidates(batch: dict[str, np.ndarray], spec: PreprocessSpec, skip: np.ndarray) -> dict[str, np.ndarray]:
+    """Pool rows of each example's candidates and the positive's position among them; rows
+    without a stored candidate set get one drawn from the pool, seeded by the example id."""
+    from ray_sticker.data.candidates import example_rng, sample_candidates
+
+    n, k = len(batch["example_id"]), spec.num_candidates
+    index = {sid: i for i, sid in enumerate(spec.sticker_ids)}
+    idx = np.zeros((n, k), dtype=np.int64)
+    target = np.full(n, -1, dtype=np.int64)
+    for i in range(n):
+        positive = batch["sticker_id"][i]
+        if positive is None or positive not in index:
+            skip[i] = skip[i] or (6 if positive is None else 5)
+            continue
+        cands = batch["candidate_ids"][i]
+        if cands is None or len(cands) == 0:
+            cands = sample_candidates(positive, spec.sticker_ids, k, example_rng(str(batch["example_id"][i]), spec.seed))
+        cands = list(cands)
+        if len(cands) != k:
+            skip[i] = skip[i] or 7
+        elif any(c not in index for c in cands):
+            skip[i] = skip[i] or 5
+        elif positive not in cands:
+            skip[i] = skip[i] or 6
+        else:
+            idx[i] = [index[c] for c in cands]
+            target[i] = cands.index(positive)
+    return {"candidate_idx": idx, "target": target}
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, train: bool) -> dict[str, np.ndarray]:
@@ -88,17 +189,12 @@ def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, train: 
     skip = np.zeros(n, dtype=np.int8)
     out: dict[str, np.ndarray] = {}
     for name, num_classes in spec.labels:
-        raw = batch[name]
-        labels = np.full(n, -1, dtype=np.int64)
-        for i, value in enumerate(raw):
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                skip[i] = skip[i] or 4
-            elif not 0 <= int(value) < num_classes:
-                skip[i] = skip[i] or 3
-            else:
-                labels[i] = int(value)
-        out[f"label_{name}"] = labels
-    if spec.use_image:
+        out[f"label_{name}"] = _labels(batch[name], num_classes, skip, required=True)
+    for name, num_classes in spec.aux_labels:
+        out[f"label_{name}"] = _labels(batch[name], num_classes, skip, required=False)
+    if spec.select:
+        out.update(_candidates(batch, spec, skip))
+    elif spec.use_image:
         size = spec.image_size
         pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
         rng = np.random.default_rng() if train and spec.augment else None
@@ -114,15 +210,7 @@ def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, train: 
                 continue
             pixels[i] = train_transform(img, size, rng) if rng is not None else eval_transform(img, size)
         out["pixel_values"] = pixels
-    if spec.tokenizer:
-        from ray_sticker.models.encoders import load_tokenizer
-
-        tok = load_tokenizer(spec.tokenizer)
-        texts = [_join_turns(t, tok.sep_token or "|") for t in batch[spec.text_column]]
-        enc = tok(texts, padding="max_length", truncation=True, max_length=spec.max_text_length,
-                  return_tensors="np")
-        out["input_ids"] = enc["input_ids"].astype(np.int64)
-        out["attention_mask"] = enc["attention_mask"].astype(np.int64)
+    out.update(tokenize_inputs(batch, spec.texts, n))
     out["skip"] = skip
     return out
 
@@ -142,3 +230,94 @@ def count_skips(skip: np.ndarray) -> dict[str, int]:
     """Per-reason counts of a ``skip`` column (reason name -> rows)."""
     values, counts = np.unique(skip[skip != SKIP_OK], return_counts=True)
     return {SKIP_REASONS[int(v)]: int(c) for v, c in zip(values, counts)}
+
+
+# ---------------------------------------------------------------------------- sticker pool
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What a selection model needs of each sticker (its ``sticker_inputs`` and images)."""
+
+    texts: tuple[TextInput, ...] = ()
+    use_image: bool = True
+    image_size: int = 224
+    label_columns: tuple[str, ...] = ("emotion", "intent")
+
+
+def read_sticker_ids(uri: str) -> list[str]:
+    """The pool's sticker ids in pool order (the order of the stickers table's files and rows)."""
+    table = _read_stickers(uri, ["sticker_id"])
+    ids = table["sticker_id"].to_pylist()
+    dupes = sorted({s for s in ids if ids.count(s) > 1}) if len(set(ids)) != len(ids) else []
+    if dupes:
+        raise DataQualityError(f"stickers table {schema.stickers_uri(uri)} repeats sticker ids {dupes[:5]}")
+    return ids
+
+
+def _stickers_dataset(uri: str):
+    where = schema.stickers_uri(uri)
+    fs, path = storage.resolve(where)
+    try:
+        ds = pads.dataset(path, filesystem=fs, format="parquet")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"selection dataset {uri} has no stickers table at {where}") from None
+    if not ds.files:
+        raise DataQualityError(f"stickers table {where} has no Parquet files")
+    return ds
+
+
+def stickers_schema(uri: str):
+    """The Arrow schema of the stickers table (reads footers only)."""
+    return _stickers_dataset(uri).schema
+
+
+def _read_stickers(uri: str, columns: list[str]):
+    ds = _stickers_dataset(uri)
+    schema.check_columns(ds.schema, columns, f"stickers table {schema.stickers_uri(uri)}")
+    return ds.to_table(columns=columns)
+
+
+def load_sticker_pool(uri: str, spec: PoolSpec, ids: list[str], max_corrupt_fraction: float = 0.0
+                      ) -> dict[str, np.ndarray]:
+    """The decoded pool, rows in the order of ``ids``: ``pixel_values`` (N, 3, H, W) uint8, the
+    sticker text inputs, and ``emotion`` / ``intent`` (-1 where unlabelled). A sticker whose
+    image cannot be decoded stays in the pool as a gray image, counted; above
+    ``max_corrupt_fraction`` of the pool the run fails naming them."""
+    columns = ["sticker_id"]
+    for t in spec.texts:
+        columns += [c for c in t.columns if c not in columns]
+    if spec.use_image:
+        columns.append("image")
+    present = stickers_schema(uri).names
+    table = _read_stickers(uri, columns + [c for c in spec.label_columns if c in present and c not in columns])
+    order = {sid: i for i, sid in enumerate(table["sticker_id"].to_pylist())}
+    missing = [s for s in ids if s not in order]
+    if missing:
+        raise DataQualityError(f"stickers table {schema.stickers_uri(uri)} lacks stickers {missing[:5]}")
+    table = table.take(pa.array([order[s] for s in ids], type=pa.int64()))
+    n = table.num_rows
+    batch = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
+    pool: dict[str, np.ndarray] = tokenize_inputs(batch, spec.texts, n)
+    if spec.use_image:
+        pixels = np.zeros((n, 3, spec.image_size, spec.image_size), dtype=np.uint8)
+        bad = []
+        for i, data in enumerate(batch["image"]):
+            try:
+                pixels[i] = eval_transform(decode_image(data), spec.image_size)
+            except (ImageDecodeError, TypeError) as exc:
+                bad.append(f"{ids[i]} ({exc})")
+                pixels[i] = 128
+        if bad:
+            msg = f"stickers table {schema.stickers_uri(uri)}: {len(bad)} of {n} images unusable: {bad[:3]}"
+            if len(bad) / n > max_corrupt_fraction:
+                raise DataQualityError(msg + f", above data.max_corrupt_fraction={max_corrupt_fraction}")
+            log.warning("%s; they stay in the pool as gray images", msg)
+        pool["pixel_values"] = pixels
+    for c in spec.label_columns:
+        if c in batch:
+            pool[c] = np.array([-1 if v is None else int(v) for v in batch[c]], dtype=np.int64)
+        else:
+            pool[c] = np.full(n, -1, dtype=np.int64)
+    return pool
+

@@ -10,6 +10,11 @@ additive, so late fusion (M2SA's concatenation + linear) can learn it.
 - text cue: one cue word among filler words (``POSITIVE``, ``NEGATIVE``, ``NEUTRAL`` lists);
 - image cue: the colour of a large disk on a noisy background (warm yellow, violet, gray),
   chosen to survive crop and flip augmentation.
+- intent (4 classes, MSAIRS-style joint task): the dialogue act of the context (a question
+  word or an assertion word) crossed with the sticker's text (thanks or apology words), so
+  only a model that reads the sticker text with the context gets it right.
+
+Selection (``task="select"``): see :func:`make_select_dataset`.
 """
 
 from __future__ import annotations
@@ -33,20 +38,38 @@ FILLER = [
     "the", "day", "was", "with", "my", "friends", "today", "and", "then", "we", "went",
     "home", "coffee", "train", "city", "morning", "evening", "weather", "work", "food",
 ]
-VOCABULARY = POSITIVE + NEGATIVE + NEUTRAL + FILLER
 # Disk colours of the image cue: v = +1, 0, -1.
 CUE_COLOURS = {1: (235, 200, 40), 0: (128, 128, 128), -1: (110, 40, 170)}
 SPLITS = {"train": 0.75, "validation": 0.125, "test": 0.125}
+INTENT_LABELS = ["thank", "apologize", "query", "ask for help"]  # (act, sticker text) = (0,0) (0,1) (1,0) (1,1)
+ASSERTIONS = ["indeed", "certainly", "surely", "clearly"]
+QUESTIONS = ["what", "why", "how", "where"]
+THANKS = ["thanks", "cheers", "grateful"]
+APOLOGIES = ["sorry", "oops", "apologies"]
+VOCABULARY = POSITIVE + NEGATIVE + NEUTRAL + FILLER + ASSERTIONS + QUESTIONS + THANKS + APOLOGIES
+# Version of the generators: a cached dataset of an older version is regenerated.
+VERSION = "2"
 
 
-def _text(rng: np.random.Generator, cue: int) -> str:
-    words = list(rng.choice(FILLER, size=int(rng.integers(4, 9))))
-    pool = {1: POSITIVE, 0: NEUTRAL, -1: NEGATIVE}[cue]
-    words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(pool)))
+def _with_cues(rng: np.random.Generator, cues: list[str], filler: list[str] = FILLER, lo: int = 4,
+               hi: int = 9) -> str:
+    words = list(rng.choice(filler, size=int(rng.integers(lo, hi))))
+    for cue in cues:
+        words.insert(int(rng.integers(0, len(words) + 1)), cue)
     return " ".join(words)
 
 
+def _text(rng: np.random.Generator, cue: int, act: int) -> str:
+    pool = {1: POSITIVE, 0: NEUTRAL, -1: NEGATIVE}[cue]
+    return _with_cues(rng, [str(rng.choice(pool)), str(rng.choice(QUESTIONS if act else ASSERTIONS))])
+
+
 def _image(rng: np.random.Generator, cue: int, size: int) -> bytes:
+    return _cue_image(rng, CUE_COLOURS[cue], "disk", size)
+
+
+def _cue_image(rng: np.random.Generator, colour: tuple[int, int, int], shape: str, size: int) -> bytes:
+    """A large ``shape`` of (a jittered) ``colour`` on a noisy dark background, PNG bytes."""
     base = rng.integers(20, 90, size=3)
     noise = rng.integers(-20, 21, size=(size, size, 3))
     arr = np.clip(base + noise, 0, 255).astype(np.uint8)
@@ -54,8 +77,17 @@ def _image(rng: np.random.Generator, cue: int, size: int) -> bytes:
     draw = ImageDraw.Draw(img)
     r = size * rng.uniform(0.28, 0.4)
     cx, cy = rng.uniform(r, size - r, size=2)
-    colour = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in CUE_COLOURS[cue])
-    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    fill = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in colour)
+    if shape == "disk":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(2, int(r / 2.5)))
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
     # A small distractor shape of a random non-cue colour.
     s = size * 0.12
     x, y = rng.uniform(0, size - s, size=2)
@@ -71,9 +103,11 @@ def classify_rows(num_rows: int, seed: int = 0, image_size: int = 48,
     rng = np.random.default_rng(seed)
     names = list(SPLITS)
     bounds = np.cumsum([SPLITS[s] for s in names]) * num_rows
-    rows: dict[str, list] = {k: [] for k in ("example_id", "split", "language", "context", "image", "sentiment")}
+    rows: dict[str, list] = {k: [] for k in ("example_id", "split", "language", "context", "image", "sticker_text",
+                                             "sentiment", "intent")}
     for i in range(num_rows):
         t, v = int(rng.integers(-1, 2)), int(rng.integers(-1, 2))
+        act, apology = int(rng.integers(0, 2)), int(rng.integers(0, 2))
         label = SENTIMENT_LABELS.index({1: "positive", 0: "neutral", -1: "negative"}[int(np.sign(t + v))])
         image = _image(rng, v, image_size)
         if corrupt_fraction and rng.random() < corrupt_fraction:
@@ -81,9 +115,11 @@ def classify_rows(num_rows: int, seed: int = 0, image_size: int = 48,
         rows["example_id"].append(f"syn-{i:06d}")
         rows["split"].append(names[int(np.searchsorted(bounds, i, side="right"))])
         rows["language"].append("en")
-        rows["context"].append([_text(rng, t)])
+        rows["context"].append([_text(rng, t, act)])
         rows["image"].append(image)
+        rows["sticker_text"].append(str(rng.choice(APOLOGIES if apology else THANKS)))
         rows["sentiment"].append(label)
+        rows["intent"].append(2 * act + apology)
     return schema.conform(pa.table(rows), "examples")
 
 
@@ -114,11 +150,11 @@ def make_classify_dataset(uri: str, num_rows: int = 2400, seed: int = 0, image_s
     manifest = schema.Manifest(
         name="synthetic-classify",
         task="classify",
-        label_maps={"sentiment": SENTIMENT_LABELS},
+        label_maps={"sentiment": SENTIMENT_LABELS, "intent": INTENT_LABELS},
         splits=counts,
         source_format="synthetic",
-        source_version="1",
-        extra={"seed": seed, "image_size": image_size, "signal": "sentiment = sign(text_cue + image_cue)",
+        source_version=VERSION,
+        extra={"seed": seed, "image_size": image_size, "signal": "sentiment = sign(text_cue + image_cue); intent = (context act, sticker text)",
                "corrupt_fraction": corrupt_fraction},
     )
     schema.write_manifest(uri, manifest)

@@ -159,11 +159,12 @@ _TINY_WORDS = (
 
 def _tiny_vocab() -> list[str]:
     from ray_sticker.data.synthetic import VOCABULARY
+    from ray_sticker.data.synthetic_select import VOCABULARY as SELECT_VOCABULARY
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
     punct = list(".,!?'\"-:;()#@&")
-    words = sorted(set(_TINY_WORDS) | set(VOCABULARY))
+    words = sorted(set(_TINY_WORDS) | set(VOCABULARY) | set(SELECT_VOCABULARY))
     return specials + chars + ["##" + c for c in chars] + punct + [w for w in words if w not in chars]
 
 

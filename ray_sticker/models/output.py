@@ -12,16 +12,27 @@ What the pipeline puts in ``batch`` is declared by the model's architecture conf
 ``aux_labels`` ``{label: classes}``
     Optional labels (e.g. the dialogue's emotion for a selection model): ``label_<label>``
     ``(B,)`` with -1 where the row has none; losses ignore -1.
-``text_inputs`` ``{name: {"columns": [...], "max_length": int, "default": str, "tower": key}}``
+``text_inputs`` ``{name: {"columns": [...], "max_length": int, "default": str, "tower": key,
+"separate": bool, "columns_when": {flag: [...]}}}``
     Each becomes token ids ``(B, L)``: ``input_ids``/``attention_mask`` for ``name == "text"``,
     ``<name>_input_ids``/``<name>_attention_mask`` otherwise. The columns' values (a list of
-    turns is one value) are joined with the tokenizer's separator; a null column gives
-    ``default`` (or nothing). ``tower`` names the config key of the text tower whose
-    tokenizer is used (default ``"text"``); ``max_length`` defaults to ``data.max_text_length``.
-    Default when a ``text`` tower exists: ``{"text": {"columns": ["context"]}}``.
-``vision``
-    A vision tower: classification batches carry the example's image as
-    ``pixel_values`` ``(B, 3, H, W)`` uint8 (normalise with ``layers.ImageNormalize``).
+    turns is one value) are joined with the tokenizer's separator, or with
+    ``"separate": true`` tokenized one column each into ``(B, C, L)``; a null value gives
+    ``default`` (or the empty string). ``columns_when`` appends columns when the named
+    boolean field of the model config is true (an ablation switch such as
+    ``use_knowledge`` then changes the model's inputs too). ``tower`` names the config key
+    of the tower whose ``tokenizer`` (or ``hf_model_name``) is used (default ``"text"``);
+    ``max_length`` defaults to ``data.max_text_length``. Default when a ``text`` tower
+    exists: ``{"text": {"columns": ["context"]}}``.
+``vision`` (an open_clip tower spec) or ``image_size``
+    The model reads images: classification batches carry the example's image as
+    ``pixel_values`` ``(B, 3, H, W)`` uint8 (normalise with ``layers.ImageNormalize``). A
+    model whose image encoder is not an open_clip ``vision`` spec declares ``image_size``.
+
+Backbones are ``encoders.TextTower`` / ``encoders.VisionTower`` modules (or declare
+``tower_kind = "text"|"vision"`` on another backbone module): the engine freezes them
+(``model.freeze_text`` / ``freeze_vision``) and gives them their own learning rates by
+type, whatever the attribute is called.
 
 Selection (``task: "select"``) batches also carry the candidate stickers, gathered from
 the sticker pool each worker holds (``stickers`` table, decoded once):

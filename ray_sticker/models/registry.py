@@ -92,7 +92,7 @@ def build_from_config(cfg: dict[str, Any]) -> nn.Module:
     return _BUILDERS[arch](cfg)
 
 
-_NOT_MODELS = {"registry", "encoders", "output", "layers", "losses"}
+_NOT_MODELS = {"registry", "encoders", "output", "layers", "losses", "params"}
 
 
 def _import_model_modules() -> None:

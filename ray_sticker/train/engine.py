@@ -49,25 +49,48 @@ def deepspeed_config(cfg: ExperimentConfig, precision: str) -> dict[str, Any]:
     }
 
 
+def tower_kind(module: nn.Module) -> str | None:
+    """"text" / "vision" for backbone modules (TextTower, VisionTower, or any module that
+    declares ``tower_kind``), None otherwise."""
+    from ray_sticker.models.encoders import TextTower, VisionTower
+
+    if isinstance(module, TextTower):
+        return "text"
+    if isinstance(module, VisionTower):
+        return "vision"
+    return getattr(module, "tower_kind", None)
+
+
+def tower_of_parameters(model: nn.Module) -> dict[str, str]:
+    """Parameter name -> "text" | "vision" | "head", by the backbone module that holds it."""
+    kinds: dict[str, str] = {}
+    for prefix, module in model.named_modules():
+        kind = tower_kind(module)
+        if kind is None:
+            continue
+        for name, _ in module.named_parameters(prefix=prefix):
+            kinds.setdefault(name, kind)
+    return {name: kinds.get(name, "head") for name, _ in model.named_parameters()}
+
+
 def freeze_towers(model: nn.Module, cfg: ExperimentConfig) -> None:
-    for flag, tower in ((cfg.model.freeze_text, "text"), (cfg.model.freeze_vision, "vision")):
-        module = getattr(model, tower, None)
-        if flag and module is not None:
-            for p in module.parameters():
-                p.requires_grad_(False)
+    frozen = {"text": cfg.model.freeze_text, "vision": cfg.model.freeze_vision}
+    kinds = tower_of_parameters(model)
+    for name, p in model.named_parameters():
+        if frozen.get(kinds[name]):
+            p.requires_grad_(False)
 
 
 def param_groups(model: nn.Module, cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """Trainable parameters grouped by tower (own lr) and by decay (no decay on biases/norms)."""
     lrs = {"text": cfg.model.text_lr or cfg.train.lr, "vision": cfg.model.vision_lr or cfg.train.lr}
+    kinds = tower_of_parameters(model)
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        tower = name.split(".", 1)[0]
-        tower = tower if tower in lrs else "head"
         decay = p.ndim >= 2
-        groups.setdefault((tower, decay), []).append(p)
+        groups.setdefault((kinds[name], decay), []).append(p)
     return [
         {"params": params, "lr": lrs.get(tower, cfg.train.lr), "name": f"{tower}{'' if decay else '-no-decay'}",
          "weight_decay": cfg.train.weight_decay if decay else 0.0}
@@ -101,10 +124,19 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
     return f
 
 
+def check_parameters(model: nn.Module) -> None:
+    """DeepSpeed broadcasts parameters as byte views, which fails on 0-dim tensors: learnable
+    scalars (temperatures, gates) must have shape (1,)."""
+    scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
+    if scalars:
+        raise ValueError(f"0-dim parameters {scalars} cannot be trained under DeepSpeed; give them shape (1,)")
+
+
 def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu: bool):
     """-> (engine, precision). ``total_steps`` counts optimizer steps (after accumulation)."""
     import deepspeed
 
+    check_parameters(model)
     freeze_towers(model, cfg)
     precision = resolve_precision(cfg, on_gpu)
     optimizer = build_optimizer(param_groups(model, cfg), cfg)

@@ -34,27 +34,23 @@ def consolidated_state_dict(engine) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_run_config(directory: str, cfg: ExperimentConfig, label_maps: dict[str, list[str]]) -> None:
+def write_run_config(directory: str, cfg: ExperimentConfig, model_config: dict[str, Any],
+                     label_maps: dict[str, list[str]]) -> None:
     """``config.json``: experiment config, resolved architecture and label maps."""
-    from ray_sticker.models.registry import get_model_config
-
-    meta = {
-        "experiment": cfg.to_dict(),
-        "architecture": get_model_config(cfg.model.name, cfg.model.overrides),
-        "label_maps": label_maps,
-    }
+    meta = {"experiment": cfg.to_dict(), "architecture": model_config, "label_maps": label_maps}
     with open(os.path.join(directory, CONFIG), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
 
 
-def export_model(engine, cfg: ExperimentConfig, uri: str, label_maps: dict[str, list[str]], rank: int) -> None:
+def export_model(engine, cfg: ExperimentConfig, model_config: dict[str, Any], uri: str,
+                 label_maps: dict[str, list[str]], rank: int) -> None:
     state = consolidated_state_dict(engine)
     if rank != 0:
         return
     with tempfile.TemporaryDirectory() as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, WEIGHTS),
                   metadata={"format": "pt"})
-        write_run_config(tmp, cfg, label_maps)
+        write_run_config(tmp, cfg, model_config, label_maps)
         storage.upload_dir(tmp, uri)
 
 

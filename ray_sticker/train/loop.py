@@ -22,7 +22,8 @@ from ray_sticker.config import ExperimentConfig, from_dict
 from ray_sticker.data.pipeline import SKIP_OK, DataQualityError, count_skips
 from ray_sticker.train import engine as ds_engine
 from ray_sticker.train.export import write_run_config
-from ray_sticker.train.metrics import classification_metrics, gather_arrays
+from ray_sticker.train.evaluation import Evaluation, attach_candidates, compute_metrics, embed_pool, pool_scores
+from ray_sticker.train.metrics import gather_arrays
 
 log = logging.getLogger("ray_sticker.train")
 
@@ -121,20 +122,28 @@ class SkipCounter:
 
 
 def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
-             filler: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-    """Metrics over the whole evaluation set. Shards may differ in size (no row dropped):
-    ranks that run out keep running forward on a filler batch (their last batch, or
-    ``filler``), discarded, until all are done, so ZeRO-3's collectives stay matched."""
+             filler: dict[str, torch.Tensor] | None = None,
+             pool: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics over the whole evaluation set (``val_`` prefix) and plot artifacts. Shards may
+    differ in size (no row dropped): ranks that run out keep running forward on a filler
+    batch (their last batch, or ``filler``), discarded, until all are done, so ZeRO-3's
+    collectives stay matched."""
+    from ray_sticker.config import ConfigError
+
     model = engine.module
     heads = _label_heads(model)
-    preds: dict[str, list[np.ndarray]] = {h: [] for h in heads}
-    labels: dict[str, list[np.ndarray]] = {h: [] for h in heads}
-    losses: list[float] = []
+    full_pool = pool is not None and cfg.data.eval_candidates == "pool"
+    if full_pool and not (hasattr(model, "embed_stickers") and hasattr(model, "embed_queries")):
+        raise ConfigError(f"data.eval_candidates=pool needs a two-tower model (embed_queries/embed_stickers); "
+                          f"'{cfg.model.name}' scores candidates jointly: use eval_candidates=candidates")
+    acc = Evaluation(heads, select=pool is not None,
+                     pool_relevance=pool["intent"].cpu().numpy() if full_pool else None)
     skips = SkipCounter()
     it = iter(shard.iter_torch_batches(batch_size=cfg.train.batch_size, device=device, drop_last=False))
     last = filler
     engine.eval()
     with torch.no_grad():
+        sticker_emb = embed_pool(model, pool, cfg.train.batch_size) if full_pool else None
         while True:
             batch = next(it, None)
             has = 1.0 if batch is not None else 0.0
@@ -145,41 +154,44 @@ def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
                     raise DataQualityError("a worker has no evaluation rows and no batch to keep "
                                            "collectives matched; use fewer workers or a larger split")
                 engine(last)
+                if full_pool:
+                    pool_scores(model, last, sticker_emb)
                 continue
             batch, codes, empty = _keep_usable(batch)
             skips.add(codes)
+            if pool is not None:
+                batch = attach_candidates(batch, pool)
             last = batch
             out = engine(batch)
+            scores = pool_scores(model, batch, sticker_emb) if full_pool else None
             if empty:
                 continue
-            losses.append(out.loss.item() * len(next(iter(batch.values()))))
-            for h in heads:
-                preds[h].append(out.logits[h].argmax(-1).cpu().numpy())
-                labels[h].append(batch[f"label_{h}"].cpu().numpy())
+            acc.add(batch, out)
+            if full_pool:
+                acc.add_pool(batch, scores)
     engine.train()
-    local = {f"pred_{h}": np.concatenate(preds[h]) if preds[h] else np.zeros(0, np.int64) for h in heads}
-    local.update({f"label_{h}": np.concatenate(labels[h]) if labels[h] else np.zeros(0, np.int64) for h in heads})
-    local["loss_sum"] = np.array([sum(losses)])
-    full = gather_arrays(local)
-    metrics: dict[str, float] = {}
-    for h, n in heads.items():
-        m = classification_metrics(full[f"label_{h}"], full[f"pred_{h}"], n)
-        metrics.update({f"val_{h}_{k}": v for k, v in m.items()})
-        metrics["val_examples"] = int(full[f"label_{h}"].size)
-    if heads:
-        first = next(iter(heads))
-        for k in ("accuracy", "weighted_f1", "macro_f1"):  # the first head's, under short names
-            metrics[f"val_{k}"] = metrics[f"val_{first}_{k}"]
-        metrics["val_loss"] = float(full["loss_sum"].sum()) / max(1, metrics["val_examples"])
+    metrics, artifacts = compute_metrics(gather_arrays(acc.local_arrays()), heads)
+    metrics = {f"val_{k}": v for k, v in metrics.items()}
     metrics.update({f"val_{k}": v for k, v in skips.check(cfg.data.max_corrupt_fraction, "validation").items()})
-    return metrics
+    return metrics, artifacts
+
+
+def _load_pool(loop_config: dict[str, Any], cfg: ExperimentConfig, device: torch.device):
+    """The decoded sticker pool on ``device`` (selection), or None."""
+    if cfg.task != "select":
+        return None
+    from ray_sticker.data.pipeline import load_sticker_pool
+
+    arrays = load_sticker_pool(cfg.data.uri, loop_config["pool_spec"], loop_config["sticker_ids"],
+                               cfg.data.max_corrupt_fraction)
+    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] | None:
     import ray.train
     from ray.train import Checkpoint
 
-    from ray_sticker.models.registry import build_model
+    from ray_sticker.models.registry import build_from_config
 
     t_setup = time.perf_counter()
     _worker_logging()
@@ -190,11 +202,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
     on_gpu = cfg.train.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda", ray.train.torch.get_device().index or 0) if on_gpu else torch.device("cpu")
 
-    model = build_model(cfg.model.name, cfg.model.overrides)
+    model = build_from_config(loop_config["model_config"])
+    pool = _load_pool(loop_config, cfg, device)
     rows_per_worker = loop_config["train_rows"] // world  # the train split is split equally
     micro_batches = math.ceil(rows_per_worker / cfg.train.batch_size)
     steps_per_epoch = math.ceil(micro_batches / cfg.deepspeed.gradient_accumulation_steps)
-    engine, precision = ds_engine.initialize(model, cfg, steps_per_epoch * cfg.train.epochs, on_gpu)
+    engine, precision = ds_engine.initialize(model, cfg, max(1, steps_per_epoch * cfg.train.epochs), on_gpu)
     local_params, total_params = ds_engine.partition_numel(engine)
     params_per_rank = [int(x) for x in gather_arrays({"n": np.array([local_params])})["n"]]
     if rank == 0:
@@ -228,6 +241,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
             t0 = time.perf_counter()
             batch, codes, empty = _keep_usable(batch)
             skips.add(codes)
+            if pool is not None:
+                batch = attach_candidates(batch, pool)
             last_batch = batch
             out = engine(batch)
             loss = out.loss * 0.0 if empty else out.loss
@@ -264,29 +279,49 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
             **{f"lr[{g['name']}]": g["lr"] for g in engine.optimizer.param_groups if "name" in g},
             **{f"train_{k}": v for k, v in train_skips.items()},
         }
-        metrics.update(evaluate(engine, ray.train.get_dataset_shard("validation"), cfg, device, last_batch))
+        val, artifacts = evaluate(engine, ray.train.get_dataset_shard("validation"), cfg, device, last_batch, pool)
+        metrics.update(val)
         metrics.update(epoch_s=time.perf_counter() - t_epoch, world_size=world, zero_stage=cfg.deepspeed.zero_stage,
                        precision=precision, params_total=total_params, params_per_rank=params_per_rank)
         history.append(metrics)
         if rank == 0:
             log.info("epoch %d: %s", epoch, _fmt(metrics))
+            _plots(loop_config, artifacts, cfg)
         with tempfile.TemporaryDirectory() as tmp:
             client = {CLIENT_STATE_KEY: {"epoch": epoch, "global_step": global_step, "history": history}}
             engine.save_checkpoint(tmp, tag="state", client_state=client)
             if rank == 0:
-                write_run_config(tmp, cfg, loop_config.get("label_maps", {}))
+                write_run_config(tmp, cfg, loop_config["model_config"], loop_config.get("label_maps", {}))
             # Ray keeps rank 0's metrics (gathered over ranks); the others only mark the epoch.
             report = metrics if rank == 0 else {"epoch": epoch}
             ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"epoch-{epoch:04d}")
 
+    if cfg.train.epochs == 0:  # evaluation only (e.g. a zero-shot baseline)
+        val, artifacts = evaluate(engine, ray.train.get_dataset_shard("validation"), cfg, device, None, pool)
+        metrics = {"epoch": -1, "global_step": 0, **val, "world_size": world, "zero_stage": cfg.deepspeed.zero_stage,
+                   "precision": precision, "params_total": total_params, "params_per_rank": params_per_rank}
+        history.append(metrics)
+        if rank == 0:
+            log.info("evaluation only: %s", _fmt(metrics))
+            _plots(loop_config, artifacts, cfg)
+        ray.train.report(metrics if rank == 0 else {"epoch": -1})
+
     if cfg.train.export and loop_config.get("export_uri"):
         from ray_sticker.train.export import export_model
 
-        export_model(engine, cfg, loop_config["export_uri"], loop_config.get("label_maps", {}), rank)
+        export_model(engine, cfg, loop_config["model_config"], loop_config["export_uri"],
+                     loop_config.get("label_maps", {}), rank)
     return history if rank == 0 else None
 
 
+def _plots(loop_config: dict[str, Any], artifacts: dict[str, Any], cfg: ExperimentConfig) -> None:
+    from ray_sticker.train.evaluation import save_plots
+
+    if loop_config.get("run_dir") and artifacts:
+        save_plots(loop_config["run_dir"], artifacts, loop_config.get("label_maps", {}), cfg.name)
+
+
 def _fmt(metrics: dict[str, Any]) -> str:
-    keys = ("train_loss", "val_loss", "val_accuracy", "samples_per_s", "data_wait_fraction")
+    keys = ("train_loss", "val_loss", "val_accuracy", "val_map", "val_pool_map", "samples_per_s", "data_wait_fraction")
     return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)

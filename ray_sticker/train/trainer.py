@@ -21,7 +21,15 @@ from typing import Any
 from ray_sticker import storage
 from ray_sticker.config import ConfigError, ExperimentConfig
 from ray_sticker.data import schema
-from ray_sticker.data.pipeline import PreprocessSpec, build_dataset, split_schema
+from ray_sticker.data.pipeline import (
+    PoolSpec,
+    PreprocessSpec,
+    TextInput,
+    build_dataset,
+    read_sticker_ids,
+    split_schema,
+    stickers_schema,
+)
 
 log = logging.getLogger("ray_sticker.train")
 
@@ -40,60 +48,132 @@ class RunResult:
 
 
 def ensure_dataset(cfg: ExperimentConfig) -> schema.Manifest:
-    """The dataset's manifest; writes the synthetic dataset first when asked and missing."""
-    uri = cfg.data.uri
-    if cfg.data.synthetic_if_missing and not storage.exists(storage.join(uri, schema.MANIFEST)):
-        from ray_sticker.data.synthetic import make_classify_dataset
+    """The dataset's manifest; writes the synthetic dataset of the config's task first when
+    asked and missing (or written by an older generator)."""
+    from ray_sticker.data import synthetic
 
-        if cfg.task != "classify":
-            raise ConfigError(f"no synthetic generator for task '{cfg.task}' yet")
-        log.info("writing the synthetic dataset to %s", uri)
-        make_classify_dataset(uri, num_rows=cfg.data.synthetic_rows, seed=cfg.train.seed)
+    uri = cfg.data.uri
+    path = storage.join(uri, schema.MANIFEST)
+    if cfg.data.synthetic_if_missing:
+        stale = storage.exists(path) and _is_stale_synthetic(schema.read_manifest(uri))
+        if stale or not storage.exists(path):
+            log.info("writing the synthetic %s dataset to %s", cfg.task, uri)
+            if cfg.task == "select":
+                from ray_sticker.data.synthetic_select import make_select_dataset
+
+                make_select_dataset(uri, num_rows=cfg.data.synthetic_rows, seed=cfg.train.seed)
+            else:
+                synthetic.make_classify_dataset(uri, num_rows=cfg.data.synthetic_rows, seed=cfg.train.seed)
     return schema.read_manifest(uri)
 
 
-def preprocess_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: schema.Manifest,
-                    train: bool) -> PreprocessSpec:
-    """What the pipeline must produce for this model; checks heads against label maps."""
+def _is_stale_synthetic(manifest: schema.Manifest) -> bool:
+    from ray_sticker.data.synthetic import VERSION
+
+    return manifest.source_format == "synthetic" and manifest.source_version != VERSION
+
+
+def model_image_size(model_cfg: dict[str, Any]) -> int | None:
+    """The image resolution a model reads, None for text-only models."""
+    from ray_sticker.models.encoders import vision_image_size
+
+    if model_cfg.get("vision"):
+        return vision_image_size(model_cfg["vision"])
+    return int(model_cfg["image_size"]) if model_cfg.get("image_size") else None
+
+
+def text_inputs(cfg: ExperimentConfig, model_cfg: dict[str, Any], key: str = "text_inputs") -> tuple[TextInput, ...]:
+    """The model's declared text inputs (see models/output.py) resolved to tokenizers and lengths."""
     from ray_sticker.models.encoders import tokenizer_name
 
-    heads = dict(model_cfg.get("heads", {}))
-    for name, n in heads.items():
+    specs = model_cfg.get(key)
+    if specs is None:
+        specs = {"text": {"columns": ["context"]}} if key == "text_inputs" and model_cfg.get("text") else {}
+    out = []
+    for name, spec in specs.items():
+        columns = list(spec["columns"])
+        for flag, extra in spec.get("columns_when", {}).items():
+            if model_cfg.get(flag):
+                columns += [c for c in extra if c not in columns]
+        if not columns:  # every column gated off by an ablation switch
+            continue
+        tower = spec.get("tower", "text")
+        if not isinstance(model_cfg.get(tower), dict):
+            raise ConfigError(f"model '{cfg.model.name}': {key}.{name} names tower '{tower}', which the model lacks")
+        out.append(TextInput(name, tuple(columns), tokenizer_name(model_cfg[tower]),
+                             int(spec.get("max_length", cfg.data.max_text_length)), str(spec.get("default", "")),
+                             bool(spec.get("separate", False))))
+    return tuple(out)
+
+
+def _label_specs(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: schema.Manifest,
+                 key: str) -> tuple[tuple[str, int], ...]:
+    specs = dict(model_cfg.get(key, {}))
+    for name, n in specs.items():
         have = manifest.num_classes(name)
         if have != n:
             raise schema.SchemaError(
-                f"model '{cfg.model.name}' head '{name}' has {n} classes but dataset {cfg.data.uri} "
-                f"label map '{name}' has {have}: {manifest.label_maps[name]}"
+                f"model '{cfg.model.name}' {'head' if key == 'heads' else 'label'} '{name}' has {n} classes but "
+                f"dataset {cfg.data.uri} label map '{name}' has {have}: {manifest.label_maps[name]}"
             )
-    text = model_cfg.get("text")
+    return tuple(specs.items())
+
+
+def num_candidates(cfg: ExperimentConfig, manifest: schema.Manifest) -> int:
+    return int(cfg.data.num_candidates or manifest.extra.get("num_candidates") or 10)
+
+
+def preprocess_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: schema.Manifest,
+                    train: bool, sticker_ids: tuple[str, ...] = ()) -> PreprocessSpec:
+    """What the pipeline must produce for this model; checks labels against label maps."""
+    size = model_image_size(model_cfg)
+    select = cfg.task == "select"
     return PreprocessSpec(
-        labels=tuple(heads.items()),
-        tokenizer=tokenizer_name(text) if text else None,
-        max_text_length=cfg.data.max_text_length,
-        use_image=bool(model_cfg.get("vision")),
+        labels=_label_specs(cfg, model_cfg, manifest, "heads"),
+        aux_labels=_label_specs(cfg, model_cfg, manifest, "aux_labels"),
+        texts=text_inputs(cfg, model_cfg),
+        use_image=size is not None,
         image_size=cfg.data.image_size,
         augment=cfg.data.augment and train,
+        num_candidates=num_candidates(cfg, manifest) if select else 0,
+        sticker_ids=tuple(sticker_ids),
+        seed=cfg.train.seed,
     )
+
+
+def pool_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any]) -> PoolSpec:
+    return PoolSpec(texts=text_inputs(cfg, model_cfg, "sticker_inputs"),
+                    use_image=model_image_size(model_cfg) is not None, image_size=cfg.data.image_size)
 
 
 def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]]:
     """Everything that can be checked before Ray starts workers: model, dataset, columns,
-    label maps, image size. Problems raise :class:`ConfigError` (or the storage/schema
-    error that names the URI)."""
-    from ray_sticker.models.encoders import vision_image_size
+    label maps, image size, sticker pool. Problems raise :class:`ConfigError` (or the
+    storage/schema error that names the URI). Returns the manifest and the model config
+    completed with the dataset's label names."""
     from ray_sticker.models.registry import get_model_config
 
     model_cfg = get_model_config(cfg.model.name, cfg.model.overrides)
     if model_cfg.get("task", "classify") != cfg.task:
         raise ConfigError(f"model '{cfg.model.name}' is a {model_cfg.get('task')} model but the config task is {cfg.task}")
-    if model_cfg.get("vision"):
-        size = vision_image_size(model_cfg["vision"])
-        if size != cfg.data.image_size:
-            raise ConfigError(f"data.image_size={cfg.data.image_size} but model '{cfg.model.name}' takes {size} px images")
+    size = model_image_size(model_cfg)
+    if size is not None and size != cfg.data.image_size:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} but model '{cfg.model.name}' takes {size} px images")
     manifest = ensure_dataset(cfg)
     if manifest.task != cfg.task:
         raise ConfigError(f"dataset {cfg.data.uri} is for task '{manifest.task}', the config for '{cfg.task}'")
-    spec = preprocess_spec(cfg, model_cfg, manifest, train=False)
+    model_cfg["label_names"] = {k: list(v) for k, v in manifest.label_maps.items()}
+    sticker_ids: tuple[str, ...] = ()
+    if cfg.task == "select":
+        sticker_ids = tuple(read_sticker_ids(cfg.data.uri))
+        pool = pool_spec(cfg, model_cfg)
+        needed = ["sticker_id"] + [c for t in pool.texts for c in t.columns] + (["image"] if pool.use_image else [])
+        schema.check_columns(stickers_schema(cfg.data.uri), needed, f"stickers table of {cfg.data.uri}")
+        k = num_candidates(cfg, manifest)
+        if len(sticker_ids) < k:
+            raise ConfigError(f"the sticker pool of {cfg.data.uri} has {len(sticker_ids)} stickers, fewer than "
+                              f"the {k} candidates per example")
+    spec = preprocess_spec(cfg, model_cfg, manifest, train=False, sticker_ids=sticker_ids)
     for split in (cfg.data.train_split, cfg.data.eval_split):
         if split not in manifest.splits:
             raise ConfigError(f"dataset {cfg.data.uri} has no split '{split}'; it has {sorted(manifest.splits)}")
@@ -176,11 +256,13 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
     storage.ensure_bucket(cfg.train.storage_path)
     fs, storage_path = storage.resolve(cfg.train.storage_path)
 
+    sticker_ids = tuple(read_sticker_ids(cfg.data.uri)) if cfg.task == "select" else ()
     datasets = {
-        "train": build_dataset(cfg.data.uri, cfg.data.train_split, preprocess_spec(cfg, model_cfg, manifest, True),
+        "train": build_dataset(cfg.data.uri, cfg.data.train_split,
+                               preprocess_spec(cfg, model_cfg, manifest, True, sticker_ids),
                                train=True, batch_size=cfg.data.preprocess_batch_size),
         "validation": build_dataset(cfg.data.uri, cfg.data.eval_split,
-                                    preprocess_spec(cfg, model_cfg, manifest, False),
+                                    preprocess_spec(cfg, model_cfg, manifest, False, sticker_ids),
                                     train=False, batch_size=cfg.data.preprocess_batch_size),
     }
     if cfg.data.cache_eval:
@@ -189,9 +271,13 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
         train_loop_per_worker,
         train_loop_config={
             "experiment": cfg.to_dict(),
+            "model_config": model_cfg,
             "train_rows": manifest.splits[cfg.data.train_split],
             "label_maps": manifest.label_maps,
             "export_uri": export_uri,
+            "run_dir": run_dir,
+            "sticker_ids": list(sticker_ids),
+            "pool_spec": pool_spec(cfg, model_cfg) if cfg.task == "select" else None,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,

@@ -1,0 +1,147 @@
+"""Evaluation over the whole evaluation set, shared by the training loop and
+``ray-sticker evaluate``: per-batch accumulation on each rank, gathering, metrics, plots.
+
+- classification heads: accuracy, weighted-F1, macro-F1 and a confusion matrix per head
+  (rows with label -1 are left out of that head);
+- selection among candidates: MAP (mean 1/rank of the positive) and R{K}@1/2/5;
+- selection over the whole sticker pool (two-tower models, ``data.eval_candidates: pool``):
+  P@1/3/5 (a sticker with the gold sticker's intention in the top N), precision@N, mAP with
+  intention relevance, and the interpolated PR curve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ray_sticker.train import metrics as M
+
+
+def attach_candidates(batch: dict[str, torch.Tensor], pool: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gather the candidates' pool rows into the batch as ``candidate_<key>`` (B, K, ...)."""
+    idx = batch["candidate_idx"]
+    for key, value in pool.items():
+        batch[f"candidate_{key}"] = value[idx]
+    return batch
+
+
+def embed_pool(model, pool: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+    """``model.embed_stickers`` over the whole pool in chunks (every rank the same chunks, so
+    ZeRO-3's parameter gathers stay matched); L2-normalised (N, D)."""
+    n = next(iter(pool.values())).shape[0]
+    parts = [model.embed_stickers({k: v[i:i + batch_size] for k, v in pool.items()}) for i in range(0, n, batch_size)]
+    return torch.nn.functional.normalize(torch.cat(parts).float(), dim=-1)
+
+
+def pool_scores(model, batch: dict[str, torch.Tensor], sticker_emb: torch.Tensor) -> torch.Tensor:
+    q = torch.nn.functional.normalize(model.embed_queries(batch).float(), dim=-1)
+    return q @ sticker_emb.t()
+
+
+class Evaluation:
+    """Accumulates one rank's predictions; :meth:`local_arrays` go through ``gather_arrays``
+    and :func:`compute_metrics` turns the gathered arrays into metrics."""
+
+    def __init__(self, heads: dict[str, int], select: bool, pool_relevance: np.ndarray | None = None):
+        self.heads = heads
+        self.select = select
+        self.pool_relevance = pool_relevance  # (N,) relevance class of each pool sticker (intention)
+        self.preds: dict[str, list[np.ndarray]] = {h: [] for h in heads}
+        self.labels: dict[str, list[np.ndarray]] = {h: [] for h in heads}
+        self.scores: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.query_stats: list[dict[str, np.ndarray]] = []
+        self.loss_sum = 0.0
+        self.rows = 0
+
+    def add(self, batch: dict[str, torch.Tensor], out) -> None:
+        n = int(next(iter(batch.values())).shape[0])
+        self.rows += n
+        self.loss_sum += float(out.loss.item()) * n
+        for h in self.heads:
+            if h not in out.logits or f"label_{h}" not in batch:
+                continue
+            labels = batch[f"label_{h}"].cpu().numpy()
+            keep = labels >= 0
+            self.preds[h].append(out.logits[h].argmax(-1).cpu().numpy()[keep])
+            self.labels[h].append(labels[keep])
+        if self.select and out.scores is not None:
+            self.scores.append(out.scores.float().cpu().numpy())
+            self.targets.append(batch["target"].cpu().numpy())
+
+    def add_pool(self, batch: dict[str, torch.Tensor], scores: torch.Tensor) -> None:
+        """Scores of the queries against the whole pool (B, N)."""
+        target = batch["target"]
+        gold = batch["candidate_idx"].gather(1, target.unsqueeze(1)).squeeze(1).cpu().numpy()
+        rel = self.pool_relevance
+        relevant = rel[None, :] == rel[gold][:, None]
+        relevant &= (rel[gold] >= 0)[:, None]
+        self.query_stats.append(M.retrieval_query_stats(scores.cpu().numpy(), relevant))
+
+    def local_arrays(self) -> dict[str, np.ndarray]:
+        cat = _concat
+        out: dict[str, np.ndarray] = {"loss_sum": np.array([self.loss_sum]), "rows": np.array([self.rows])}
+        for h in self.heads:
+            out[f"pred_{h}"] = cat(self.preds[h], np.int64)
+            out[f"label_{h}"] = cat(self.labels[h], np.int64)
+        if self.select:
+            k = self.scores[0].shape[1] if self.scores else 0
+            out["scores"] = np.concatenate(self.scores) if self.scores else np.zeros((0, k), np.float32)
+            out["target"] = cat(self.targets, np.int64)
+        if self.pool_relevance is not None:
+            keys = self.query_stats[0].keys() if self.query_stats else ()
+            for key in keys:
+                out[f"pool_{key}"] = np.concatenate([s[key] for s in self.query_stats])
+        return out
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def compute_metrics(full: dict[str, np.ndarray], heads: dict[str, int]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of gathered arrays, and the artifacts to plot (confusion matrices, PR curve).
+    Short names: ``accuracy``/``weighted_f1``/``macro_f1`` are the first head's; ``map`` the
+    candidates' MAP (selection)."""
+    metrics: dict[str, float] = {}
+    artifacts: dict[str, Any] = {}
+    rows = int(full["rows"].sum())
+    metrics["examples"] = rows
+    metrics["loss"] = float(full["loss_sum"].sum()) / max(1, rows)
+    for h, n in heads.items():
+        labels, preds = full[f"label_{h}"], full[f"pred_{h}"]
+        if labels.size == 0:
+            continue
+        metrics.update({f"{h}_{k}": v for k, v in M.classification_metrics(labels, preds, n).items()})
+        artifacts[f"confusion_{h}"] = M.confusion_matrix(labels, preds, n)
+    first = next((h for h in heads if f"{h}_accuracy" in metrics), None)
+    if first is not None:
+        for k in ("accuracy", "weighted_f1", "macro_f1"):
+            metrics[k] = metrics[f"{first}_{k}"]
+    if "scores" in full and full["scores"].size:
+        metrics.update(M.ranking_metrics(full["scores"], full["target"]))
+    pool = {k[5:]: v for k, v in full.items() if k.startswith("pool_")}
+    if pool:
+        metrics.update({f"pool_{k}": v for k, v in M.summarize_retrieval(pool).items()})
+        artifacts["pr_curve"] = M.pr_curve(pool)
+    return metrics, artifacts
+
+
+def save_plots(run_dir: str, artifacts: dict[str, Any], label_maps: dict[str, list[str]], title: str) -> list[str]:
+    """PNG files of the confusion matrices and the PR curve in ``run_dir``; returns their URIs."""
+    from ray_sticker import storage
+    from ray_sticker.train import plots
+
+    written = []
+    for key, value in artifacts.items():
+        uri = storage.join(run_dir, f"{key}.png")
+        if key.startswith("confusion_"):
+            head = key[len("confusion_"):]
+            names = label_maps.get(head) or [str(i) for i in range(value.shape[0])]
+            plots.save_confusion_matrix(value, names, uri, f"{title}: {head}")
+        elif key == "pr_curve":
+            plots.save_pr_curve(value[0], value[1], uri, f"{title}: precision-recall over the sticker pool")
+        written.append(uri)
+    return written
