@@ -207,15 +207,16 @@ class SimilarityAdjustedMatching(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.alpha_logit = nn.Parameter(torch.zeros(()))
-        self.beta_logit = nn.Parameter(torch.zeros(()))
+        # Shape (1,): DeepSpeed cannot broadcast 0-dim parameters.
+        self.alpha_logit = nn.Parameter(torch.zeros(1))
+        self.beta_logit = nn.Parameter(torch.zeros(1))
 
     def forward(self, p_vl: torch.Tensor, text_emotion: torch.Tensor, image_emotion: torch.Tensor,
                 text_intention: torch.Tensor, image_intention: torch.Tensor) -> torch.Tensor:
         """``p_vl`` ``(B, K)``; text ``(B, D)`` against images ``(B, K, D)`` -> ``p_final`` ``(B, K)``."""
         s_emo = 0.5 * (1.0 + F.cosine_similarity(text_emotion.float().unsqueeze(1), image_emotion.float(), dim=-1))
         s_int = 0.5 * (1.0 + F.cosine_similarity(text_intention.float().unsqueeze(1), image_intention.float(), dim=-1))
-        alpha, beta = torch.sigmoid(self.alpha_logit.float()), torch.sigmoid(self.beta_logit.float())
+        alpha, beta = torch.sigmoid(self.alpha_logit.float()[0]), torch.sigmoid(self.beta_logit.float()[0])
         s_ei = alpha * s_emo + (1.0 - alpha) * s_int  # Eq. 18
         return beta * p_vl.float() + (1.0 - beta) * s_ei  # Eq. 19
 
@@ -271,7 +272,7 @@ class EIGML(nn.Module):
         embed_dim = int(cfg.get("embed_dim", 256))
         self.text_proj = nn.Linear(width, embed_dim)  # W_t
         self.vision_proj = nn.Linear(width, embed_dim)  # W_v
-        self.temp = nn.Parameter(torch.tensor(float(cfg.get("temperature", 0.07))))
+        self.temp = nn.Parameter(torch.tensor([float(cfg.get("temperature", 0.07))]))  # (1,): see SAMM
         self.text_emotion_head = nn.Linear(width, self.num_emotions)  # f'_emo
 
         # What the enabled parts need (Table 4 ablations build only what they use).
@@ -318,7 +319,7 @@ class EIGML(nn.Module):
 
         s = EIGMLState(target=target, emotion=emotion, text_embed=self.text_proj(text_cls),
                        image_embed=self.vision_proj(image_cls), text_emotion_logits=self.text_emotion_head(text_cls))
-        temp = self.temp.float().clamp(0.001, 0.5)
+        temp = self.temp.float()[0].clamp(0.001, 0.5)
         s.losses["i2t"] = info_nce(s.image_embed[rows, target], s.text_embed, temp)  # Eq. 2
         s.losses["t2i"] = candidate_info_nce(s.text_embed, s.image_embed, target, temp)  # Eq. 3
         s.losses["text_emo"] = cross_entropy(s.text_emotion_logits, emotion)  # L'_emo

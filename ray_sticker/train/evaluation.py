@@ -91,9 +91,10 @@ class Evaluation:
             out["scores"] = np.concatenate(self.scores) if self.scores else np.zeros((0, k), np.float32)
             out["target"] = cat(self.targets, np.int64)
         if self.pool_relevance is not None:
-            keys = self.query_stats[0].keys() if self.query_stats else ()
-            for key in keys:
-                out[f"pool_{key}"] = np.concatenate([s[key] for s in self.query_stats])
+            n = self.pool_relevance.size
+            stats = self.query_stats or [M.retrieval_query_stats(np.zeros((0, n)), np.zeros((0, n), bool))]
+            for key in stats[0]:
+                out[f"pool_{key}"] = np.concatenate([s[key] for s in stats])
         return out
 
 

@@ -8,6 +8,7 @@ export the consolidated model.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -140,6 +141,11 @@ def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
                      pool_relevance=pool["intent"].cpu().numpy() if full_pool else None)
     skips = SkipCounter()
     it = iter(shard.iter_torch_batches(batch_size=cfg.train.batch_size, device=device, drop_last=False))
+    if filler is None and cfg.deepspeed.zero_stage == 3:  # e.g. evaluation only: borrow another rank's batch
+        first = next(it, None)
+        filler = _batch_from_any_rank(first, pool, device)
+        if first is not None:
+            it = itertools.chain([first], it)
     last = filler
     engine.eval()
     with torch.no_grad():
@@ -150,9 +156,8 @@ def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
             if _all_reduce_sum([has])[0] == 0:
                 break
             if batch is None:
-                if last is None:
-                    raise DataQualityError("a worker has no evaluation rows and no batch to keep "
-                                           "collectives matched; use fewer workers or a larger split")
+                if last is None:  # ZeRO 0-2: forward has no collectives, nothing to match
+                    continue
                 engine(last)
                 if full_pool:
                     pool_scores(model, last, sticker_emb)
@@ -174,6 +179,24 @@ def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
     metrics = {f"val_{k}": v for k, v in metrics.items()}
     metrics.update({f"val_{k}": v for k, v in skips.check(cfg.data.max_corrupt_fraction, "validation").items()})
     return metrics, artifacts
+
+
+def _batch_from_any_rank(batch: dict[str, torch.Tensor] | None, pool: dict[str, torch.Tensor] | None,
+                         device: torch.device) -> dict[str, torch.Tensor] | None:
+    """A usable batch from the first rank that has one (all ranks call this), on ``device``."""
+    import torch.distributed as dist
+
+    local = None
+    if batch is not None:
+        usable, _, _ = _keep_usable(dict(batch))
+        local = {k: v.cpu() for k, v in usable.items()}
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    found = next((p for p in parts if p is not None), None)
+    if found is None:
+        raise DataQualityError("the evaluation split has no rows")
+    found = {k: v.to(device) for k, v in found.items()}
+    return attach_candidates(found, pool) if pool is not None else found
 
 
 def _load_pool(loop_config: dict[str, Any], cfg: ExperimentConfig, device: torch.device):
