@@ -256,7 +256,8 @@ def test_registry_and_configs():
         assert cfg["arch"] == "intra" and cfg["task"] == "select" and "paper_params" not in cfg
         assert all(cfg[s] is (s != "soft_intent") for s in switches)
         assert cfg["text_inputs"]["text"]["columns_when"] == {"use_knowledge": COMET}
-        assert cfg["sticker_inputs"]["desc"]["separate"] is True and len(cfg["sticker_inputs"]["desc"]["columns"]) == J
+        assert cfg["sticker_inputs"]["desc"]["separate"] is True
+        assert len(cfg["sticker_inputs"]["desc"]["columns_when"]["use_attribute"]) == J
     assert full["text"]["hf_model_name"] == "bert-base-multilingual-cased" and full["text"]["pretrained"] is True
     assert full["text"]["hf_config"]["model_type"] == "bert" and full["text"]["hf_config"]["vocab_size"] == 119547
     assert full["vision"] == {"open_clip_model": "ViT-B-16", "pretrained": "openai"}

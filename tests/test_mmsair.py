@@ -178,12 +178,20 @@ def test_bf16_parameters_forward_and_backward():
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_resnet_vision_tower_is_rejected():
+def test_resnet_vision_tower_ablation():
+    """The paper's ResNet-50-instead-of-CLIP ablation, at test size: an open_clip ResNet tower
+    feeds the same Conv1d (its width is the attention-pooled output, embed_dim)."""
     resnet = {"vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8}, "embed_dim": 16}
     cfg = get_model_config("mmsair-tiny")
     cfg["vision"] = resnet
-    with pytest.raises(ValueError, match="ModifiedResNet"):
-        build_from_config(cfg)
+    model = build_from_config(cfg)
+    assert type(model.vision.visual).__name__ == "ModifiedResNet" and model.vision.width == 16
+    vit = build_from_config(get_model_config("mmsair-tiny"))
+    assert {n for n, _ in model.named_parameters()} != {n for n, _ in vit.named_parameters()}
+    out = model(make_batch(4))
+    assert out.logits["sentiment"].shape == (4, 3) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_full_config_parameter_count():

@@ -275,7 +275,7 @@ def test_make_classify_dataset_writes_shards_and_matching_manifest(tmp_path):
     uri = str(tmp_path / "ds")
     m = synthetic.make_classify_dataset(uri, num_rows=160, seed=2, image_size=16, rows_per_shard=50)
     assert m.task == "classify"
-    assert m.label_maps == {"sentiment": synthetic.SENTIMENT_LABELS}
+    assert m.label_maps == {"sentiment": synthetic.SENTIMENT_LABELS, "intent": synthetic.INTENT_LABELS}
     assert sum(m.splits.values()) == 160
     assert read_manifest(uri) == m
     for split, n in m.splits.items():

@@ -85,17 +85,25 @@ class VisionTower(nn.Module):
             quick_gelu = bool(model_cfg.get("quick_gelu", False)) or pretrained == "openai"
         else:
             raise ValueError("vision tower: give 'open_clip_model' or 'vision_cfg'")
-        vision_cfg.setdefault("output_tokens", True)
+        # A list of stage depths makes open_clip build a ModifiedResNet (RN50 …): its output is
+        # the attention-pooled vector (embed_dim wide), one "token".
+        self.resnet = isinstance(vision_cfg.get("layers"), (list, tuple))
+        if not self.resnet:
+            vision_cfg.setdefault("output_tokens", True)
         visual = _build_vision_tower(embed_dim or vision_cfg.get("width", 64), vision_cfg, quick_gelu=quick_gelu)
         if pretrained:
             _load_open_clip_visual(visual, name, pretrained)
-        visual.proj = None  # pooled output at the tower width (the "pooler output")
-        visual.output_tokens = True
+        if not self.resnet:
+            visual.proj = None  # pooled output at the tower width (the "pooler output")
+            visual.output_tokens = True
         self.visual = visual
-        self.width = int(vision_cfg["width"])
+        self.width = int(embed_dim if self.resnet else vision_cfg["width"])
         self.image_size = vision_cfg.get("image_size", 224)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.resnet:
+            pooled = self.visual(pixel_values)
+            return pooled.unsqueeze(1), pooled
         pooled, tokens = self.visual(pixel_values)
         return tokens, pooled
 

@@ -43,10 +43,10 @@ Ablation switches (config fields):
   zero logits (a uniform prediction, argmax class 0), i.e. a constant baseline. The
   separate-training result of the paper is read from one run per task, each on its own
   trained head.
-- ResNet-50 instead of CLIP (the paper's third ablation) is not supported: an open_clip
-  ResNet tower returns one pooled tensor rather than ``(pooled, tokens)`` and reports its
-  stem width, which ``encoders.VisionTower`` does not handle, so a ResNet vision spec is
-  rejected at build time.
+- ResNet-50 instead of CLIP (the paper's third ablation): a vision spec naming an open_clip
+  ResNet (``"open_clip_model": "RN50"``, or a ``vision_cfg`` whose ``layers`` is a list of
+  stage depths) gives the attention-pooled ResNet feature, which goes through the same
+  Conv1d to one image token.
 """
 
 from __future__ import annotations
@@ -75,17 +75,6 @@ def _key_padding(mask: torch.Tensor) -> torch.Tensor:
     return mask == 0
 
 
-def _require_vit(tower: VisionTower) -> None:
-    from open_clip.transformer import VisionTransformer
-
-    if not isinstance(tower.visual, VisionTransformer):
-        raise ValueError(
-            f"mmsair: the vision tower must be an open_clip vision transformer, got "
-            f"{type(tower.visual).__name__}; ResNet towers (e.g. RN50) return one pooled tensor, "
-            "not the (pooled, tokens) pair VisionTower needs"
-        )
-
-
 class MMSAIR(nn.Module):
     def __init__(self, cfg: dict[str, Any]):
         super().__init__()
@@ -104,7 +93,6 @@ class MMSAIR(nn.Module):
         for tower in (self.text, self.sticker_text):
             _drop_pooler(tower)
         self.vision = VisionTower(cfg["vision"])
-        _require_vit(self.vision)
         width = self.text.width
         if self.sticker_text.width != width:
             raise ValueError(f"mmsair: sticker_text width {self.sticker_text.width} != text width {width}")
