@@ -2,6 +2,7 @@ import pytest
 
 from ray_sticker.config import ConfigError, ExperimentConfig, apply_overrides, list_configs, load_config, parse_override
 from ray_sticker.models.registry import get_model_config, list_models
+from ray_sticker.train.trainer import model_image_size, text_inputs
 
 
 def test_every_shipped_config_validates_and_names_a_registered_model():
@@ -11,7 +12,10 @@ def test_every_shipped_config_validates_and_names_a_registered_model():
         cfg = load_config(name)
         assert isinstance(cfg, ExperimentConfig)
         assert cfg.model.name in list_models(), name
-        assert get_model_config(cfg.model.name).get("task", "classify") == cfg.task
+        model_cfg = get_model_config(cfg.model.name)
+        assert model_cfg.get("task", "classify") == cfg.task, name
+        assert model_image_size(model_cfg) in (None, cfg.data.image_size), name
+        text_inputs(cfg, model_cfg)  # every text input names an existing tower
 
 
 def test_dotted_overrides_are_typed():

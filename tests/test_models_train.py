@@ -48,11 +48,11 @@ def test_every_model_trains_evaluates_and_plots(ray_cluster):
     for term in ("i2t", "t2i", "emo", "int", "itm", "intra_con_text", "text_emo"):
         assert math.isfinite(final[f"train_{term}"]), term
 
-    final = _final(intra)
-    assert final["val_pool_queries"] == load_config("intra-tiny").data.synthetic_rows // 8
+    retrieval = _final(intra)
+    assert retrieval["val_pool_queries"] == load_config("intra-tiny").data.synthetic_rows // 8
     for key in ("p@1", "p@3", "p@5", "precision@1", "map"):
-        assert 0.0 <= final[f"val_pool_{key}"] <= 1.0, key
-    assert 0.0 <= final["val_intent_accuracy"] <= 1.0
+        assert 0.0 <= retrieval[f"val_pool_{key}"] <= 1.0, key
+    assert 0.0 <= retrieval["val_intent_accuracy"] <= 1.0
     assert os.path.getsize(storage.join(intra.run_dir, "pr_curve.png")) > 1000
 
     assert len(zero_shot.history) == 1 and zero_shot.history[0]["epoch"] == -1
@@ -60,7 +60,7 @@ def test_every_model_trains_evaluates_and_plots(ray_cluster):
 
     # The export evaluates to the same metrics outside Ray Train (selection path).
     metrics = evaluate_export(eigml.export_uri, split="validation", batch_size=32)
-    assert metrics["map"] == pytest.approx(final["val_map"], abs=1e-6)
+    assert metrics["map"] == pytest.approx(_final(eigml)["val_map"], abs=1e-6)
 
 
 @pytest.mark.mechanism

@@ -6,6 +6,12 @@ tasks on CPU: it decodes and transforms images, tokenizes text and maps labels. 
 that cannot be used are not dropped silently: they stay in the batch with a non-zero
 ``skip`` code (see ``SKIP_REASONS``); the training loop removes them, counts them per
 reason across ranks and fails the run above ``data.max_corrupt_fraction``.
+
+What a batch holds is declared by the model config (``models/output.py``): several text
+inputs, optional labels, and for selection the candidates' rows in the sticker pool
+(``candidate_idx``) and the positive's position (``target``). The pool itself — decoded
+sticker images and tokenized sticker texts — is loaded once per worker by
+:func:`load_sticker_pool`; the training loop gathers each batch's candidates from it.
 """
 
 from __future__ import annotations

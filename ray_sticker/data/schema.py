@@ -11,6 +11,12 @@ samples reference stickers by id (``sticker_id`` is the positive, ``candidate_id
 candidate set) so that a worker keeps the small decoded sticker pool once instead of
 image bytes per row. Enrichment jobs add columns (e.g. MLLM descriptions) to either
 table; readers select the columns they need, so extra columns are always allowed.
+Columns the shipped models read when present:
+
+- examples: ``comet_xIntent``, ``comet_xNeed``, ``comet_xWant``, ``comet_xEffect``,
+  ``comet_xReact`` (COMET commonsense relations of the context, Int-RA and EIGML);
+- stickers: ``desc_gesture``, ``desc_posture``, ``desc_facial``, ``desc_verbal`` (MLLM
+  attribute descriptions, Int-RA).
 """
 
 from __future__ import annotations
