@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import tempfile
 import time
 from typing import Any, Iterator
