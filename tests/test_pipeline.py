@@ -210,7 +210,7 @@ def test_dataset_without_image_column_fails_naming_it(tmp_path):
     assert f"dataset {uri} split 'train'" in str(err.value)
     assert "missing column(s) image;" in str(err.value)
     # The text-only baseline does not need the image column.
-    manifest, model_cfg = check_inputs(load_config("text-only-tiny", [f"data.uri={uri}",
+    manifest, model_cfg, _ = check_inputs(load_config("text-only-tiny", [f"data.uri={uri}",
                                                                       "data.synthetic_if_missing=false"]))
     assert manifest.name == "hand-made" and model_cfg["arch"] == "text-only"
 
@@ -226,7 +226,7 @@ def test_check_inputs_rejects_head_size_different_from_label_map(tmp_path):
 def test_check_inputs_on_a_good_dataset_and_a_missing_one(tmp_path):
     uri = str(tmp_path / "good")
     _write_dataset(uri)
-    manifest, model_cfg = check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}",
+    manifest, model_cfg, _ = check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}",
                                                                   "data.synthetic_if_missing=false"]))
     assert manifest.splits["train"] == 36 and model_cfg["heads"] == {"sentiment": 3}
     with pytest.raises(FileNotFoundError, match="ray-sticker prepare"):

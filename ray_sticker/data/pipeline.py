@@ -16,6 +16,8 @@ sticker images and tokenized sticker texts — is loaded once per worker by
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -84,6 +86,11 @@ class PreprocessSpec:
     def select(self) -> bool:
         return self.num_candidates > 0
 
+    @functools.cached_property
+    def sticker_index(self) -> dict[str, int]:
+        """Sticker id -> pool row; built once per deserialised spec, not per batch."""
+        return {sid: i for i, sid in enumerate(self.sticker_ids)}
+
     def columns(self) -> list[str]:
         cols = ["example_id"]
         for t in self.texts:
@@ -96,16 +103,23 @@ class PreprocessSpec:
         return cols
 
 
-def split_schema(uri: str, split: str):
-    """The Arrow schema of one split's Parquet files (reads footers only)."""
-    fs, path = storage.resolve(schema.split_uri(uri, split))
+def _parquet_dataset(where: str, missing: str, empty: str):
+    """A pyarrow dataset of the Parquet files at ``where``; the messages name what is wrong."""
+    fs, path = storage.resolve(where)
     try:
         ds = pads.dataset(path, filesystem=fs, format="parquet")
     except FileNotFoundError:
-        raise FileNotFoundError(f"split '{split}' not found: {schema.split_uri(uri, split)}") from None
+        raise FileNotFoundError(missing) from None
     if not ds.files:
-        raise DataQualityError(f"split '{split}' has no Parquet files: {schema.split_uri(uri, split)}")
-    return ds.schema
+        raise DataQualityError(empty)
+    return ds
+
+
+def split_schema(uri: str, split: str):
+    """The Arrow schema of one split's Parquet files (reads footers only)."""
+    where = schema.split_uri(uri, split)
+    return _parquet_dataset(where, f"split '{split}' not found: {where}",
+                            f"split '{split}' has no Parquet files: {where}").schema
 
 
 def read_split(uri: str, split: str, columns: list[str]):
@@ -165,7 +179,7 @@ def _candidates(batch: dict[str, np.ndarray], spec: PreprocessSpec, skip: np.nda
     from ray_sticker.data.candidates import example_rng, sample_candidates
 
     n, k = len(batch["example_id"]), spec.num_candidates
-    index = {sid: i for i, sid in enumerate(spec.sticker_ids)}
+    index = spec.sticker_index
     idx = np.zeros((n, k), dtype=np.int64)
     target = np.full(n, -1, dtype=np.int64)
     for i in range(n):
@@ -255,7 +269,7 @@ def read_sticker_ids(uri: str) -> list[str]:
     """The pool's sticker ids in pool order (the order of the stickers table's files and rows)."""
     table = _read_stickers(uri, ["sticker_id"])
     ids = table["sticker_id"].to_pylist()
-    dupes = sorted({s for s in ids if ids.count(s) > 1}) if len(set(ids)) != len(ids) else []
+    dupes = sorted(s for s, n in collections.Counter(ids).items() if n > 1)
     if dupes:
         raise DataQualityError(f"stickers table {schema.stickers_uri(uri)} repeats sticker ids {dupes[:5]}")
     return ids
@@ -263,14 +277,8 @@ def read_sticker_ids(uri: str) -> list[str]:
 
 def _stickers_dataset(uri: str):
     where = schema.stickers_uri(uri)
-    fs, path = storage.resolve(where)
-    try:
-        ds = pads.dataset(path, filesystem=fs, format="parquet")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"selection dataset {uri} has no stickers table at {where}") from None
-    if not ds.files:
-        raise DataQualityError(f"stickers table {where} has no Parquet files")
-    return ds
+    return _parquet_dataset(where, f"selection dataset {uri} has no stickers table at {where}",
+                            f"stickers table {where} has no Parquet files")
 
 
 def stickers_schema(uri: str):

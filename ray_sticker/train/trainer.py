@@ -146,11 +146,11 @@ def pool_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any]) -> PoolSpec:
                     use_image=model_image_size(model_cfg) is not None, image_size=cfg.data.image_size)
 
 
-def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]]:
+def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any], tuple[str, ...]]:
     """Everything that can be checked before Ray starts workers: model, dataset, columns,
     label maps, image size, sticker pool. Problems raise :class:`ConfigError` (or the
-    storage/schema error that names the URI). Returns the manifest and the model config
-    completed with the dataset's label names."""
+    storage/schema error that names the URI). Returns the manifest, the model config
+    completed with the dataset's label names, and the sticker pool's ids (selection)."""
     from ray_sticker.models.registry import get_model_config
 
     model_cfg = get_model_config(cfg.model.name, cfg.model.overrides)
@@ -182,7 +182,7 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]
     rows = manifest.splits[cfg.data.train_split]
     if rows < cfg.train.num_workers:
         raise ConfigError(f"split '{cfg.data.train_split}' has {rows} rows, fewer than train.num_workers")
-    return manifest, model_cfg
+    return manifest, model_cfg, sticker_ids
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -229,18 +229,17 @@ def run_many(cfgs: list[ExperimentConfig], ray_address: str | None = None) -> li
     dataset made, before the first run starts."""
     cfgs = [c.resolved() for c in cfgs]
     checked = [(cfg, *check_inputs(cfg)) for cfg in cfgs]
-    return [_fit(cfg, manifest, model_cfg, ray_address) for cfg, manifest, model_cfg in checked]
+    return [_fit(cfg, *inputs, ray_address) for cfg, *inputs in checked]
 
 
 def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunResult:
     """Check the inputs, then train one experiment."""
     cfg = cfg.resolved()
-    manifest, model_cfg = check_inputs(cfg)
-    return _fit(cfg, manifest, model_cfg, ray_address)
+    return _fit(cfg, *check_inputs(cfg), ray_address)
 
 
 def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, Any],
-         ray_address: str | None) -> RunResult:
+         sticker_ids: tuple[str, ...], ray_address: str | None) -> RunResult:
     """Assemble and fit the TorchTrainer of a resolved, checked config."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -256,7 +255,6 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
     storage.ensure_bucket(cfg.train.storage_path)
     fs, storage_path = storage.resolve(cfg.train.storage_path)
 
-    sticker_ids = tuple(read_sticker_ids(cfg.data.uri)) if cfg.task == "select" else ()
     datasets = {
         "train": build_dataset(cfg.data.uri, cfg.data.train_split,
                                preprocess_spec(cfg, model_cfg, manifest, True, sticker_ids),
