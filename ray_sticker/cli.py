@@ -90,10 +90,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_fractions(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        return {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise ConfigError(f"--splits: expected NAME=FRACTION[,NAME=FRACTION...], got {text!r}") from None
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
-    if args.format != "synthetic":
-        print(f"unknown format '{args.format}'; available: synthetic", file=sys.stderr)
-        return 2
+    if args.format == "synthetic":
+        return _prepare_synthetic(args)
+    from ray_sticker.data.convert.base import ConvertOptions
+    from ray_sticker.data.convert.runner import convert
+
+    if not args.src:
+        raise ConfigError(f"prepare {args.format}: --src (the release's directory or s3:// URI) is required")
+    options = ConvertOptions(seed=args.seed, split_fractions=_split_fractions(args.splits),
+                             num_candidates=args.num_candidates)
+    manifest, report = convert(args.format, args.src, args.out, options, rows_per_shard=args.rows_per_shard,
+                               max_skipped_fraction=args.max_skipped_fraction, address=args.address)
+    print(report.summary())
+    print(f"published {args.out}: {manifest.splits}, {manifest.stickers} stickers, "
+          f"label maps {', '.join(f'{k} ({len(v)})' for k, v in manifest.label_maps.items())}")
+    return 0
+
+
+def _prepare_synthetic(args: argparse.Namespace) -> int:
     if args.task == "select":
         from ray_sticker.data.synthetic_select import make_select_dataset
 
@@ -161,6 +185,12 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _formats() -> list[str]:
+    from ray_sticker.data.convert.base import list_formats
+
+    return list_formats()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-sticker", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,18 +206,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     t.set_defaults(fn=cmd_train)
 
-    pr = sub.add_parser("prepare", help="write a canonical dataset (Parquet shards + manifest)",
-                        description="Write a canonical dataset to a local directory or s3:// URI.")
-    pr.add_argument("format", help="source format: synthetic")
+    pr = sub.add_parser("prepare", help="convert a dataset release (or make the synthetic one) into canonical Parquet",
+                        description="Write a canonical dataset (Parquet shards, stickers table, manifest, "
+                                    "report) to a local directory or s3:// URI: from a public release "
+                                    "(FORMAT = " + ", ".join(_formats()) + ") read at --src, in parallel "
+                                    "on Ray Data, or the synthetic dataset (FORMAT = synthetic).")
+    pr.add_argument("format", help="release format, or synthetic")
+    pr.add_argument("--src", help="the release: a local directory or s3:// URI (not for synthetic)")
+    pr.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of drawn splits and candidate sets")
+    pr.add_argument("--splits", help="fractions of drawn splits, e.g. train=0.8,validation=0.1,test=0.1 "
+                                     "(releases without their own splits; default: the paper's)")
+    pr.add_argument("--num-candidates", type=int, default=10,
+                    help="selection releases whose candidates are drawn at conversion: set size")
+    pr.add_argument("--max-skipped-fraction", type=float, default=0.01,
+                    help="fail (publishing nothing) when more of a table's rows are skipped")
+    pr.add_argument("--rows-per-shard", type=int, default=512)
+    pr.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     pr.add_argument("--task", default="classify", choices=["classify", "select"],
                     help="synthetic: classification (sentiment + intent) or sticker selection")
-    pr.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
-    pr.add_argument("--rows", type=int, default=2400)
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--image-size", type=int, default=48)
-    pr.add_argument("--rows-per-shard", type=int, default=512)
+    pr.add_argument("--rows", type=int, default=2400, help="synthetic: rows")
+    pr.add_argument("--image-size", type=int, default=48, help="synthetic: image side")
     pr.add_argument("--corrupt-fraction", type=float, default=0.0,
-                    help="share of rows written with undecodable image bytes (for testing)")
+                    help="synthetic: share of rows written with undecodable image bytes (for testing)")
     pr.set_defaults(fn=cmd_prepare)
 
     e = sub.add_parser("evaluate", help="evaluate an export or a checkpoint on a dataset split",

@@ -16,7 +16,8 @@ def evaluate_export(uri: str, data_uri: str | None = None, split: str = "test", 
                     address: str | None = None) -> dict[str, Any]:
     """Metrics of the model at ``uri`` (export or checkpoint directory) on ``split``: the
     same metrics as the training loop's evaluation (see ``train/evaluation.py``)."""
-    from ray_sticker.train.trainer import init_ray, pool_spec, preprocess_spec
+    from ray_sticker.runtime import init_ray
+    from ray_sticker.train.trainer import pool_spec, preprocess_spec
 
     model, cfg, _ = load_model(uri)
     if data_uri:

@@ -77,6 +77,13 @@ def test_merge_dotted_and_nested_keys():
     assert out == {"l": [1, 2]}  # values are copied
 
 
+def test_merge_replaces_label_heads_whole():
+    base = {"heads": {"sentiment": 3}, "aux_labels": {"emotion": 7}}
+    assert merge(base, {"heads": {"emotion": 7}})["heads"] == {"emotion": 7}
+    assert merge(base, {"aux_labels": {}})["aux_labels"] == {}
+    assert merge(base, {"heads.intent": 20})["heads"] == {"sentiment": 3, "intent": 20}
+
+
 def test_add_model_config(tmp_path):
     cfg = get_model_config("text-only-tiny", {"description": "a user config", "dropout": 0.1})
     path = tmp_path / "my-user-model.json"

@@ -117,7 +117,7 @@ def _parquet_dataset(where: str, missing: str, empty: str):
 
 def split_schema(uri: str, split: str):
     """The Arrow schema of one split's Parquet files (reads footers only)."""
-    where = schema.split_uri(uri, split)
+    where = schema.split_uri(schema.tables_uri(uri), split)
     return _parquet_dataset(where, f"split '{split}' not found: {where}",
                             f"split '{split}' has no Parquet files: {where}").schema
 
@@ -127,7 +127,7 @@ def read_split(uri: str, split: str, columns: list[str]):
     import ray.data
 
     schema.check_columns(split_schema(uri, split), columns, f"dataset {uri} split '{split}'")
-    fs, path = storage.resolve(schema.split_uri(uri, split))
+    fs, path = storage.resolve(schema.split_uri(schema.tables_uri(uri), split))
     return ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
 
 
@@ -271,12 +271,12 @@ def read_sticker_ids(uri: str) -> list[str]:
     ids = table["sticker_id"].to_pylist()
     dupes = sorted(s for s, n in collections.Counter(ids).items() if n > 1)
     if dupes:
-        raise DataQualityError(f"stickers table {schema.stickers_uri(uri)} repeats sticker ids {dupes[:5]}")
+        raise DataQualityError(f"stickers table {schema.stickers_uri(schema.tables_uri(uri))} repeats sticker ids {dupes[:5]}")
     return ids
 
 
 def _stickers_dataset(uri: str):
-    where = schema.stickers_uri(uri)
+    where = schema.stickers_uri(schema.tables_uri(uri))
     return _parquet_dataset(where, f"selection dataset {uri} has no stickers table at {where}",
                             f"stickers table {where} has no Parquet files")
 
@@ -288,7 +288,7 @@ def stickers_schema(uri: str):
 
 def _read_stickers(uri: str, columns: list[str]):
     ds = _stickers_dataset(uri)
-    schema.check_columns(ds.schema, columns, f"stickers table {schema.stickers_uri(uri)}")
+    schema.check_columns(ds.schema, columns, f"stickers table {schema.stickers_uri(schema.tables_uri(uri))}")
     return ds.to_table(columns=columns)
 
 
@@ -308,7 +308,7 @@ def load_sticker_pool(uri: str, spec: PoolSpec, ids: list[str], max_corrupt_frac
     order = {sid: i for i, sid in enumerate(table["sticker_id"].to_pylist())}
     missing = [s for s in ids if s not in order]
     if missing:
-        raise DataQualityError(f"stickers table {schema.stickers_uri(uri)} lacks stickers {missing[:5]}")
+        raise DataQualityError(f"stickers table {schema.stickers_uri(schema.tables_uri(uri))} lacks stickers {missing[:5]}")
     table = table.take(pa.array([order[s] for s in ids], type=pa.int64()))
     n = table.num_rows
     batch = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
@@ -323,7 +323,7 @@ def load_sticker_pool(uri: str, spec: PoolSpec, ids: list[str], max_corrupt_frac
                 bad.append(f"{ids[i]} ({exc})")
                 pixels[i] = 128
         if bad:
-            msg = f"stickers table {schema.stickers_uri(uri)}: {len(bad)} of {n} images unusable: {bad[:3]}"
+            msg = f"stickers table {schema.stickers_uri(schema.tables_uri(uri))}: {len(bad)} of {n} images unusable: {bad[:3]}"
             if len(bad) / n > max_corrupt_fraction:
                 raise DataQualityError(msg + f", above data.max_corrupt_fraction={max_corrupt_fraction}")
             log.warning("%s; they stay in the pool as gray images", msg)

@@ -3,8 +3,12 @@
 A canonical dataset is a directory (local or ``s3://``) laid out as::
 
     manifest.json                     written last: a dataset without it is not published
-    examples/<split>/part-00000.parquet
-    stickers/part-00000.parquet       only for datasets with stickers
+    [<data_dir>/]examples/<split>/part-00000.parquet
+    [<data_dir>/]stickers/part-00000.parquet       only for datasets with stickers
+
+Converted datasets put their tables under a fresh ``data_dir`` per conversion (named in the
+manifest), so that replacing a dataset is one atomic manifest write: readers see the old
+tables or the new ones, never a half-written mix.
 
 ``examples`` holds one row per sample; ``stickers`` one row per sticker. Selection
 samples reference stickers by id (``sticker_id`` is the positive, ``candidate_ids`` the
@@ -113,6 +117,7 @@ class Manifest:
     stickers: int = 0
     source_format: str = "synthetic"
     source_version: str = ""
+    data_dir: str = ""  # where the tables are, relative to the dataset root ("" = the root)
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
     extra: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +160,26 @@ def read_manifest(uri: str) -> Manifest:
             f"no dataset at {uri}: {MANIFEST} not found (create one with `ray-sticker prepare`)"
         )
     return Manifest.from_dict(storage.read_json(path), where=path)
+
+
+def tables_uri(uri: str) -> str:
+    """Where a dataset's tables are: its manifest's ``data_dir`` (the root without a manifest)."""
+    path = storage.join(uri, MANIFEST)
+    if not storage.exists(path):
+        return uri
+    data_dir = Manifest.from_dict(storage.read_json(path), where=path).data_dir
+    return storage.join(uri, data_dir) if data_dir else uri
+
+
+def remove_dataset(uri: str) -> None:
+    """Unpublish a dataset (manifest first), then delete its tables."""
+    path = storage.join(uri, MANIFEST)
+    root = tables_uri(uri)
+    storage.delete(path)
+    for table in ("examples", "stickers"):
+        storage.delete(storage.join(root, table))
+    if root != uri:
+        storage.delete(root)
 
 
 def split_uri(uri: str, split: str) -> str:

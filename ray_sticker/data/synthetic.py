@@ -143,9 +143,7 @@ def make_classify_dataset(uri: str, num_rows: int = 2400, seed: int = 0, image_s
     """Write the synthetic classification dataset to ``uri`` (manifest last) and return its manifest."""
     table = classify_rows(num_rows, seed=seed, image_size=image_size, corrupt_fraction=corrupt_fraction)
     storage.ensure_bucket(uri)
-    # Replace any dataset already there: unpublish it first, then drop its shards.
-    storage.delete(storage.join(uri, schema.MANIFEST))
-    storage.delete(storage.join(uri, "examples"))
+    schema.remove_dataset(uri)  # replace any dataset there: unpublished first, then deleted
     counts = write_examples(table, uri, rows_per_shard=rows_per_shard)
     manifest = schema.Manifest(
         name="synthetic-classify",

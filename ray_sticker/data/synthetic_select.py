@@ -128,9 +128,7 @@ def make_select_dataset(uri: str, num_rows: int = 1600, seed: int = 0, image_siz
     stickers = stickers_table(stickers_per_pair, seed=seed, image_size=image_size)
     table = select_rows(num_rows, stickers, seed=seed)
     storage.ensure_bucket(uri)
-    storage.delete(storage.join(uri, schema.MANIFEST))
-    storage.delete(storage.join(uri, "examples"))
-    storage.delete(schema.stickers_uri(uri))
+    schema.remove_dataset(uri)  # replace any dataset there: unpublished first, then deleted
     counts = write_examples(table, uri, rows_per_shard=rows_per_shard)
     fs, base = storage.resolve(schema.stickers_uri(uri))
     fs.create_dir(base, recursive=True)

@@ -64,15 +64,21 @@ def get_model_config(name: str, overrides: dict[str, Any] | None = None) -> dict
     return merge(cfg, overrides or {})
 
 
+# Mappings replaced whole rather than merged: they name a dataset's label maps, so a model
+# moved to another dataset swaps {"sentiment": 3} for {"emotion": 7} instead of adding to it.
+REPLACED_WHOLE = ("heads", "aux_labels")
+
+
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; dotted keys ("text.pretrained") address nested fields."""
+    """Recursive dict merge; dotted keys ("text.pretrained") address nested fields
+    ("heads.intent" sets one head; "heads" given a mapping replaces all of them)."""
     out = copy.deepcopy(base)
     for key, value in overrides.items():
         node, parts = out, key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         last = parts[-1]
-        if isinstance(value, dict) and isinstance(node.get(last), dict):
+        if isinstance(value, dict) and isinstance(node.get(last), dict) and last not in REPLACED_WHOLE:
             node[last] = merge(node[last], value)
         else:
             node[last] = copy.deepcopy(value)

@@ -13,12 +13,12 @@ import csv
 import datetime as _dt
 import io
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ray_sticker import storage
+from ray_sticker.runtime import init_ray
 from ray_sticker.config import ConfigError, ExperimentConfig
 from ray_sticker.data import schema
 from ray_sticker.data.pipeline import (
@@ -183,22 +183,6 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]
     if rows < cfg.train.num_workers:
         raise ConfigError(f"split '{cfg.data.train_split}' has {rows} rows, fewer than train.num_workers")
     return manifest, model_cfg, sticker_ids
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Attach to ``address`` / ``RAY_ADDRESS`` (e.g. inside ``ray job submit``) or start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False  # epoch logs report throughput instead
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), log_to_driver=True)
 
 
 def _whole_eval_data_config(eval_name: str):

@@ -1,0 +1,218 @@
+"""What a release-format converter is: it reads a public release and says what to write.
+
+A converter's :meth:`Converter.scan` runs on the driver over the release's index files
+(JSON, JSONL, TSV — small next to the images) and returns a :class:`Scan`: plain dicts in
+the canonical schema (``data/schema.py``) whose images are still *references* — a path
+inside the release (``image_ref``; ``.npy`` arrays are encoded to PNG) or bytes already in
+hand (``image``). The heavy part — fetching, checking and embedding the images and writing
+Parquet shards — runs in parallel on Ray Data (``convert/runner.py``), the same for every
+format.
+
+Bad input is reported, never guessed at: a malformed line or a label outside the release's
+label set raises :class:`FormatError` naming the file and line; a missing or undecodable
+image is skipped and counted by the runner (the conversion fails above a threshold).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+import posixpath
+import sys
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+from pyarrow import fs as pafs
+
+from ray_sticker import storage
+from ray_sticker.data.schema import SchemaError
+
+SENTIMENT_LABELS = ["negative", "neutral", "positive"]  # one order for every sentiment dataset
+
+
+class FormatError(SchemaError):
+    """The release does not match its documented format; names the file and line."""
+
+    def __init__(self, where: str, message: str, at: int | str | None = None):
+        # ``at``: a line number (JSON lines, TSV) or a phrase such as "record 12" (JSON arrays)
+        self.where, self.at = where, at
+        loc = "" if at is None else f":{at}" if isinstance(at, int) else f" ({at})"
+        super().__init__(f"{where}{loc}: {message}")
+
+
+@dataclass(frozen=True)
+class SeededSplit:
+    """Splits drawn with a seed for releases without their own: ``fractions`` of the rows (of
+    the groups, with ``group_by``: every value of that column lands in one split)."""
+
+    fractions: dict[str, float]
+    group_by: str | None = None
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Options every converter understands (``ray-sticker prepare FORMAT --help``)."""
+
+    seed: int = 0
+    split_fractions: dict[str, float] | None = None  # replaces a converter's SeededSplit fractions
+    num_candidates: int = 10  # selection datasets that draw distractors at conversion
+
+
+@dataclass
+class Scan:
+    """What a converter found in a release; the runner fetches the images and writes it.
+
+    ``examples`` / ``stickers`` rows are dicts of canonical columns (extra columns are kept as
+    they are). An image is either ``image`` (bytes) or ``image_ref`` (a path relative to the
+    release root). ``split`` may be ``None`` on every example when ``seeded_split`` is given.
+    ``fixups`` counts what was corrected while reading (e.g. a known defect of a release)
+    and ends up in the report.
+    """
+
+    name: str
+    task: str
+    label_maps: dict[str, list[str]]
+    examples: list[dict[str, Any]]
+    stickers: list[dict[str, Any]] = field(default_factory=list)
+    seeded_split: SeededSplit | None = None
+    version: str = ""
+    fixups: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Source:
+    """Read-only access to a release's files at a local path or ``s3://`` URI; paths are
+    relative to the release root and errors name the full URI."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/") or uri
+        self.fs, self.root = storage.resolve(self.uri)
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"release not found: {uri}")
+
+    def uri_of(self, rel: str) -> str:
+        return storage.join(self.uri, rel)
+
+    def _path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self._path(rel)).type != pafs.FileType.NotFound
+
+    def is_dir(self, rel: str) -> bool:
+        return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.Directory
+
+    def require(self, *candidates: str) -> str:
+        """The first of ``candidates`` that exists; else a clear error listing them."""
+        for rel in candidates:
+            if self.exists(rel):
+                return rel
+        raise FileNotFoundError(f"release at {self.uri} lacks {' or '.join(candidates)}")
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Sorted names of the entries of a directory (``[]`` if it does not exist)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self._path(rel), allow_not_found=True))
+        return sorted(posixpath.basename(i.path) for i in infos)
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self._path(rel)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"not found: {self.uri_of(rel)}") from None
+
+    def read_text(self, rel: str) -> str:
+        data = self.read_bytes(rel)
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise FormatError(self.uri_of(rel), f"not UTF-8 ({exc.reason})", line) from None
+
+    def lines(self, rel: str) -> Iterator[tuple[int, str]]:
+        """(1-based line number, line without its newline) of every non-blank line."""
+        for no, line in enumerate(self.read_text(rel).splitlines(), start=1):
+            if line.strip():
+                yield no, line
+
+    def json(self, rel: str) -> Any:
+        text = self.read_text(rel)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FormatError(self.uri_of(rel), f"malformed JSON: {exc.msg}", exc.lineno) from None
+
+    def jsonl(self, rel: str) -> Iterator[tuple[int, Any]]:
+        """(line number, parsed object) of every line of a JSON-lines file."""
+        for no, line in self.lines(rel):
+            try:
+                yield no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise FormatError(self.uri_of(rel), f"malformed JSON line: {exc.msg}", no) from None
+
+    def tsv(self, rel: str) -> Iterator[tuple[int, list[str]]]:
+        """(line number, fields) of every line of a tab-separated file (no quoting)."""
+        csv.field_size_limit(sys.maxsize)  # fields may be whole base64 images
+        reader = csv.reader(io.StringIO(self.read_text(rel)), delimiter="\t", quoting=csv.QUOTE_NONE)
+        for fields in reader:
+            if any(f.strip() for f in fields):
+                yield reader.line_num, fields
+
+
+def field_of(record: Any, key: str, where: str, at: int | str | None = None) -> Any:
+    """``record[key]``, failing with the file and place when the record lacks it."""
+    if not isinstance(record, dict):
+        raise FormatError(where, f"expected a JSON object, got {type(record).__name__}", at)
+    if key not in record:
+        raise FormatError(where, f"record lacks '{key}' (has {sorted(record)})", at)
+    return record[key]
+
+
+def label_index(value: Any, names: list[str], what: str, where: str, at: int | str | None = None,
+                codes: dict[Any, str] | None = None) -> int:
+    """The index in ``names`` of a release label given by name or (with ``codes``) by code;
+    an unknown label fails naming the file, place and the labels allowed."""
+    name = (codes.get(value) if isinstance(value, (int, str)) else None) if codes is not None else value
+    if name not in names:
+        allowed = sorted(map(str, codes)) if codes is not None else names
+        raise FormatError(where, f"unknown {what} {value!r}; expected one of {allowed}", at)
+    return names.index(name)
+
+
+class Converter:
+    """One release format. Subclasses set the class attributes and implement :meth:`scan`."""
+
+    name: ClassVar[str]  # the FORMAT of `ray-sticker prepare FORMAT`
+    task: ClassVar[str]  # "classify" | "select"
+    description: ClassVar[str]
+
+    def scan(self, src: Source, options: ConvertOptions) -> Scan:
+        raise NotImplementedError
+
+
+_CONVERTERS: dict[str, type[Converter]] = {}
+
+
+def register(cls: type[Converter]) -> type[Converter]:
+    """Class decorator adding a converter under its ``name``."""
+    if cls.name in _CONVERTERS:
+        raise ValueError(f"converter '{cls.name}' registered twice")
+    _CONVERTERS[cls.name] = cls
+    return cls
+
+
+def get_converter(name: str) -> Converter:
+    importlib.import_module("ray_sticker.data.convert")  # registers every format module
+
+    if name not in _CONVERTERS:
+        raise SchemaError(f"unknown dataset format '{name}'; available: {', '.join(list_formats())}")
+    return _CONVERTERS[name]()
+
+
+def list_formats() -> list[str]:
+    importlib.import_module("ray_sticker.data.convert")
+
+    return sorted(_CONVERTERS)
