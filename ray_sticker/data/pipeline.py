@@ -330,7 +330,7 @@ def load_sticker_pool(uri: str, spec: PoolSpec, ids: list[str], max_corrupt_frac
         pool["pixel_values"] = pixels
     for c in spec.label_columns:
         if c in batch:
-            pool[c] = np.array([-1 if v is None else int(v) for v in batch[c]], dtype=np.int64)
+            pool[c] = np.array([-1 if v is None else int(v) for v in table[c].to_pylist()], dtype=np.int64)
         else:
             pool[c] = np.full(n, -1, dtype=np.int64)
     return pool
