@@ -105,6 +105,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from ray_sticker.data.convert.base import ConvertOptions
     from ray_sticker.data.convert.runner import convert
 
+    if args.format not in _formats():
+        raise ConfigError(f"unknown dataset format '{args.format}'; available: synthetic, {', '.join(_formats())}")
     if not args.src:
         raise ConfigError(f"prepare {args.format}: --src (the release's directory or s3:// URI) is required")
     options = ConvertOptions(seed=args.seed, split_fractions=_split_fractions(args.splits),

@@ -94,7 +94,7 @@ def test_prepare_synthetic_writes_a_readable_dataset(tmp_path, capsys):
 
 def test_prepare_rejects_unknown_format_and_task(tmp_path, capsys):
     assert cli.main(["-q", "prepare", "nosuchformat", "--out", str(tmp_path / "x")]) == 2
-    assert "unknown format 'nosuchformat'; available: synthetic" in capsys.readouterr().err
+    assert "unknown dataset format 'nosuchformat'; available: synthetic, dstc10-mod" in capsys.readouterr().err
     assert _exit_code(["-q", "prepare", "synthetic", "--task", "rank", "--out", str(tmp_path / "y")]) == 2
     assert "invalid choice: 'rank'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

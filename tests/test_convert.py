@@ -206,6 +206,19 @@ def test_missing_image_is_skipped_counted_and_bounded(ray_cluster, tmp_path, fmt
 
 
 @pytest.mark.ray
+def test_prepare_command_converts_and_prints_the_report(ray_cluster, tmp_path, capsys):
+    src, expected = _release(tmp_path, "twitter15")
+    out = tmp_path / "out"
+    assert main(["prepare", "twitter15", "--src", str(src), "--out", str(out), "--rows-per-shard", "2"]) == 0
+    printed = capsys.readouterr().out
+    total = sum(expected.splits.values())
+    assert f"examples: read {total}, written {total}" in printed and "published" in printed
+    _check_dataset(str(out), "twitter15", expected)
+    train = Path(schema.tables_uri(str(out))) / "examples" / "train"
+    assert len(list(train.glob("part-*.parquet"))) == -(-expected.splits["train"] // 2)
+
+
+@pytest.mark.ray
 @pytest.mark.s3
 def test_every_release_converts_from_s3_to_s3(ray_cluster, s3_env, s3_bucket, tmp_path):
     for fmt in FORMATS:

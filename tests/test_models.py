@@ -173,7 +173,7 @@ def test_forward_without_labels_has_zero_loss_and_loss_weights_scale(batch):
 
 
 def test_extra_head_adds_a_named_loss(batch):
-    model = build_model("m2sa-tiny", {"heads": {"intent": 4}})
+    model = build_model("m2sa-tiny", {"heads.intent": 4})  # adds a head; a "heads" mapping would replace them
     assert set(model.heads) == {"sentiment", "intent"}
     labelled = {**batch, "label_intent": torch.tensor([0, 1, 2, 3, 0, 1])}
     out = model(labelled)
