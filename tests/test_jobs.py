@@ -55,7 +55,11 @@ def ray_head(tmp_path_factory):
     log = open(home / "head.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--dashboard-port={dashboard}", "--num-cpus=2",
+         # Every port of its own: the suite's local Ray may already hold the default ones
+         # (the job agent's 52365 among them), and the head would then take no jobs.
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 120

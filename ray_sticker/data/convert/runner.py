@@ -4,8 +4,9 @@
    assigned here (:func:`assign_splits`).
 2. The stickers table, then the examples table, are cut into shards of ``rows_per_shard``
    rows (one split per shard) and handed to Ray Data as blocks. Each block is one task: it
-   fetches its images from the release (local or ``s3://``), encodes ``.npy`` arrays as PNG,
-   checks that every image decodes, writes its Parquet shard and returns what it skipped.
+   fetches its images from the release (local or ``s3://``, 8 reads in flight), encodes
+   ``.npy`` arrays as PNG, checks that every image decodes, writes its Parquet shard and
+   returns what it skipped.
    Examples whose sticker (positive or candidate) was skipped, or is missing from the
    release's stickers, are skipped too.
 3. The tables go to a fresh ``<out>/v-<time>-<id>/`` directory. If more than
@@ -23,6 +24,7 @@ import datetime as _dt
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,6 +42,7 @@ VERSION_PREFIX = "v-"
 SKIPPED_STICKER = "uses a skipped sticker"
 UNKNOWN_STICKER = "sticker not in the release"
 _KEEP_SKIPPED = 50  # skipped rows listed by id in the report (all are counted)
+_FETCH_THREADS = 8  # concurrent image reads per shard task
 
 
 class ConversionError(schema.SchemaError):
@@ -150,9 +153,11 @@ def _write_block(block: pa.Table, kind: str, src_uri: str, out_uri: str, image_r
     images = block["image"].to_pylist() if "image" in block.column_names else [None] * len(ids)
     refs = block["image_ref"].to_pylist() if "image_ref" in block.column_names else [None] * len(ids)
     src = Source(src_uri) if any(refs) else None
+    with ThreadPoolExecutor(_FETCH_THREADS) as threads:  # object-store reads are latency-bound
+        fetched = list(threads.map(_fetch_image, [src] * len(ids), images, refs))
     keep, out_images, stats = [], [], collections.defaultdict(list)
     for i, row_id in enumerate(ids):
-        image, reason, detail = _fetch_image(src, images[i], refs[i])
+        image, reason, detail = fetched[i]
         if not reason and image is None and image_required:
             reason, detail = "missing image", "no image given"
         if reason:
