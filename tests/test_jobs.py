@@ -74,8 +74,8 @@ def ray_head(tmp_path_factory):
                 pytest.fail(f"ray head did not start: {(home / 'head.log').read_text()[-2000:]}")
             time.sleep(1)
     head = Head(address=address, env=env, home=home)
-    # The job agent registers after the dashboard answers (slowly on a fresh install, while
-    # Python compiles its modules): submit a trivial job until one is accepted.
+    # The job agent registers a little after the dashboard answers: submit a trivial job
+    # until one is accepted.
     while (ready := head.ray("submit", "--", "true", timeout=120)).returncode != 0:
         if "No available agent" not in ready.stderr + ready.stdout or time.monotonic() > deadline + 180:
             pytest.fail(f"ray head does not take jobs: {ready.stderr[-2000:]}")
