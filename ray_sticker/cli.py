@@ -1,4 +1,4 @@
-"""``ray-sticker``: prepare | train | evaluate | models | configs.
+"""``ray-sticker``: prepare | train | evaluate | tune | models | configs.
 
 ``ray-sticker train`` with no arguments runs the embedded default: the synthetic dataset
 (written locally if missing), the tiny M2SA and its text-only and image-only baselines,
@@ -144,6 +144,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ray_sticker.sweep import list_sweeps, load_sweep
+
+    if args.list or not args.sweep:
+        if not args.list:
+            raise ConfigError("tune: give --sweep NAME (a tuning/NAME.yaml or a path), or --list")
+        for name in list_sweeps():
+            print(name)
+        return 0
+    from ray_sticker.sweep.runner import run_sweep
+
+    spec = load_sweep(args.sweep, name=args.name, storage_path=args.storage,
+                      **{"search.num_samples": args.num_samples, "search.max_concurrent_trials": args.max_concurrent})
+    if args.overrides:
+        spec = spec.model_copy(update={"overrides": [*spec.overrides, *args.overrides]})
+    t0 = time.perf_counter()
+    result = run_sweep(spec, resume=args.resume, address=args.address)
+    spec = result.spec
+    columns = [("trial", "trial_id", ""), ("status", "status", ""), ("stopped early", "stopped_early", ""),
+               ("epochs", "epochs_completed", "d"),
+               *[(f, f, ".4g") for f in spec.swept_fields],
+               (spec.metric, spec.metric, ".4f"), (f"best {spec.metric}", f"best_{spec.metric}", ".4f")]
+    print(format_table(result.rows, columns))
+    if result.best is not None:
+        print(f"\nbest: {result.best['trial_id']} {spec.metric}={result.best[spec.metric]:.4f}")
+    for key, uri in result.outputs.items():
+        print(f"{key}: {uri}")
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s")
+    if result.unfinished:
+        print(f"interrupted: {len(result.unfinished)} trial(s) unfinished; continue with: "
+              f"ray-sticker tune --sweep {args.sweep} --name {spec.name} --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ray_sticker.models.registry import get_model_config, list_models
 
@@ -243,6 +278,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     e.set_defaults(fn=cmd_evaluate)
+
+    tu = sub.add_parser("tune", help="run a Ray Tune sweep (tuning/NAME.yaml) of Ray Train + DeepSpeed trials",
+                        description="Sweep an experiment config's fields with Ray Tune: every trial a Ray Train "
+                                    "+ DeepSpeed run, ASHA early stopping where the sweep asks for it. Writes "
+                                    "results.csv/.parquet, best.yaml and plots to <storage>/<name>/.")
+    tu.add_argument("--sweep", help="sweep name (tuning/NAME.yaml; list them: --list) or a YAML path/URI")
+    tu.add_argument("--list", action="store_true", help="list the sweeps in tuning/")
+    tu.add_argument("--name", help="experiment name (default: the sweep's); a new name starts a new sweep")
+    tu.add_argument("--resume", action="store_true",
+                    help="continue the interrupted sweep of this name: finished trials are kept, the others "
+                         "resume from their latest checkpoints")
+    tu.add_argument("--storage", help="experiment storage: local directory or s3:// URI (default: the sweep's)")
+    tu.add_argument("--num-samples", type=int, help="override search.num_samples")
+    tu.add_argument("--max-concurrent", type=int, help="override search.max_concurrent_trials")
+    tu.add_argument("overrides", nargs="*", metavar="section.field=value",
+                    help="dotted overrides of the base experiment config, for every trial")
+    tu.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
+    tu.set_defaults(fn=cmd_tune)
 
     m = sub.add_parser("models", help="list the model registry", description="List architecture configs.")
     m.add_argument("names", nargs="*", metavar="name", help="architecture configs to list (default: all)")

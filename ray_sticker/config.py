@@ -207,19 +207,35 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``data`` with ``section.field=value`` strings applied in order."""
     out = _deep_copy(data)
     for item in overrides:
         keys, value = parse_override(item)
-        node = out
-        for k in keys[:-1]:
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': '{k}' is a value, not a section")
-            node = child
-        node[keys[-1]] = value
+        _set_path(out, keys, value, f"override '{item}'")
     return out
+
+
+def set_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with ``{"train.lr": 1e-4, ...}`` set: dotted keys, typed values
+    (a sweep's trial parameters)."""
+    out = _deep_copy(data)
+    for key, value in values.items():
+        keys = [k for k in key.split(".") if k]
+        if not keys:
+            raise ConfigError(f"empty field name in {key!r}")
+        _set_path(out, keys, _deep_copy(value), f"field '{key}'")
+    return out
+
+
+def _set_path(node: dict[str, Any], keys: list[str], value: Any, what: str) -> None:
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: '{k}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
 
 
 def _deep_copy(data: Any) -> Any:
@@ -263,8 +279,12 @@ def validate(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
 
 def load_config(name_or_path: str = "m2sa-tiny", overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a shipped config name or a YAML path/URI, apply dotted overrides, validate."""
-    data = apply_overrides(_read_yaml(name_or_path), list(overrides or []))
-    return validate(data, source=f"config '{name_or_path}'")
+    return validate(load_config_data(name_or_path, overrides), source=f"config '{name_or_path}'")
+
+
+def load_config_data(name_or_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The config mapping as written (``${VAR}`` unexpanded) with overrides applied, unvalidated."""
+    return apply_overrides(_read_yaml(name_or_path), list(overrides or []))
 
 
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:

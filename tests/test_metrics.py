@@ -171,3 +171,21 @@ def test_summarize_reports_int_ra_keys():
                                      "queries_without_relevant": 0.0})
     with pytest.raises(ValueError, match="both be"):
         retrieval_query_stats(np.zeros((2, 3)), np.zeros((2, 4), dtype=bool))
+
+
+def test_joint_heads_get_a_mean_over_heads():
+    from ray_sticker.train.evaluation import compute_metrics
+
+    full = {
+        "rows": np.array([4]), "loss_sum": np.array([2.0]),
+        "label_sentiment": np.array([0, 1, 2, 0]), "pred_sentiment": np.array([0, 1, 2, 1]),  # 3/4
+        "label_intent": np.array([0, 1, 0, 1]), "pred_intent": np.array([0, 0, 0, 0]),  # 2/4
+    }
+    metrics, _ = compute_metrics(full, {"sentiment": 3, "intent": 2})
+    assert metrics["accuracy"] == metrics["sentiment_accuracy"] == 0.75
+    assert metrics["mean_accuracy"] == pytest.approx((0.75 + 0.5) / 2)
+    expected_f1 = (f1_score(full["label_sentiment"], full["pred_sentiment"], average="weighted")
+                   + f1_score(full["label_intent"], full["pred_intent"], average="weighted", zero_division=0)) / 2
+    assert metrics["mean_weighted_f1"] == pytest.approx(expected_f1)
+    single, _ = compute_metrics({k: v for k, v in full.items() if "intent" not in k}, {"sentiment": 3})
+    assert "mean_accuracy" not in single

@@ -104,8 +104,8 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
 
 def compute_metrics(full: dict[str, np.ndarray], heads: dict[str, int]) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics of gathered arrays, and the artifacts to plot (confusion matrices, PR curve).
-    Short names: ``accuracy``/``weighted_f1``/``macro_f1`` are the first head's; ``map`` the
-    candidates' MAP (selection)."""
+    Short names: ``accuracy``/``weighted_f1``/``macro_f1`` are the first head's, ``mean_*`` their
+    mean over the heads (two heads or more); ``map`` the candidates' MAP (selection)."""
     metrics: dict[str, float] = {}
     artifacts: dict[str, Any] = {}
     rows = int(full["rows"].sum())
@@ -117,10 +117,12 @@ def compute_metrics(full: dict[str, np.ndarray], heads: dict[str, int]) -> tuple
             continue
         metrics.update({f"{h}_{k}": v for k, v in M.classification_metrics(labels, preds, n).items()})
         artifacts[f"confusion_{h}"] = M.confusion_matrix(labels, preds, n)
-    first = next((h for h in heads if f"{h}_accuracy" in metrics), None)
-    if first is not None:
-        for k in ("accuracy", "weighted_f1", "macro_f1"):
-            metrics[k] = metrics[f"{first}_{k}"]
+    evaluated = [h for h in heads if f"{h}_accuracy" in metrics]
+    for k in ("accuracy", "weighted_f1", "macro_f1"):
+        if evaluated:
+            metrics[k] = metrics[f"{evaluated[0]}_{k}"]
+        if len(evaluated) > 1:  # joint models (sentiment + intent): one figure to tune loss weights on
+            metrics[f"mean_{k}"] = float(np.mean([metrics[f"{h}_{k}"] for h in evaluated]))
     if "scores" in full and full["scores"].size:
         metrics.update(M.ranking_metrics(full["scores"], full["target"]))
     pool = {k[5:]: v for k, v in full.items() if k.startswith("pool_")}

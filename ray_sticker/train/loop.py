@@ -289,6 +289,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
 
         metrics: dict[str, Any] = {
             "epoch": epoch,
+            "epochs_completed": epoch + 1,  # a sweep's ASHA counts these (it survives resumption)
             "global_step": global_step,
             "train_loss": totals[2] / max(1.0, totals[1]),
             **{f"train_{k}": v / max(1, n_micro) for k, v in loss_terms.items()},

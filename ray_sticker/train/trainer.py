@@ -216,14 +216,15 @@ def run_many(cfgs: list[ExperimentConfig], ray_address: str | None = None) -> li
     return [_fit(cfg, *inputs, ray_address) for cfg, *inputs in checked]
 
 
-def run_training(cfg: ExperimentConfig, ray_address: str | None = None) -> RunResult:
-    """Check the inputs, then train one experiment."""
+def run_training(cfg: ExperimentConfig, ray_address: str | None = None, callbacks: list | None = None) -> RunResult:
+    """Check the inputs, then train one experiment. ``callbacks``: Ray Train user callbacks
+    (e.g. Tune's report callback when the run is a sweep's trial)."""
     cfg = cfg.resolved()
-    return _fit(cfg, *check_inputs(cfg), ray_address)
+    return _fit(cfg, *check_inputs(cfg), ray_address, callbacks)
 
 
 def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, Any],
-         sticker_ids: tuple[str, ...], ray_address: str | None) -> RunResult:
+         sticker_ids: tuple[str, ...], ray_address: str | None, callbacks: list | None = None) -> RunResult:
     """Assemble and fit the TorchTrainer of a resolved, checked config."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -273,6 +274,7 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
             storage_filesystem=fs if storage.is_s3(cfg.train.storage_path) else None,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks or []),
         ),
         datasets=datasets,
         dataset_config=_whole_eval_data_config("validation"),
