@@ -5,6 +5,14 @@ from __future__ import annotations
 import os
 
 
+def local_system_config(num_cpus: int) -> dict:
+    """Settings of a local Ray this library starts: idle worker processes are kept (10 min, up
+    to ``max(4, num_cpus)``) instead of being ended after a second, so that Ray Data tasks of the
+    next epoch or run do not re-import torch and the tokenizers in fresh processes (a 1-epoch
+    tiny run on 2 CPUs: 30 s instead of 38 s once warm)."""
+    return {"idle_worker_killing_time_threshold_ms": 600_000, "num_workers_soft_limit": max(4, num_cpus)}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to ``address`` / ``RAY_ADDRESS`` (e.g. inside ``ray job submit``) or start a local Ray."""
     import ray
@@ -18,4 +26,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), log_to_driver=True)
+        num_cpus = num_cpus or os.cpu_count() or 1
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True, _system_config=local_system_config(num_cpus))

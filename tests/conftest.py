@@ -231,7 +231,9 @@ def ray_cluster(s3_server: S3Server, ray_sticker_home: Path) -> Iterator[None]:
     workers get the S3 server's endpoint and credentials through the runtime env."""
     import ray
 
-    ray.init(address="local", num_cpus=2,
+    from ray_sticker.runtime import local_system_config
+
+    ray.init(address="local", num_cpus=2, _system_config=local_system_config(2),
              runtime_env={"env_vars": {**s3_server.env(), "RAY_STICKER_HOME": str(ray_sticker_home)}})
     from ray.data import DataContext
 

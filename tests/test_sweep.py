@@ -1,11 +1,11 @@
 """A sweep end to end on the real Ray Tune, Ray Train and DeepSpeed, through the command
-line: 4 trials of the tiny M2SA, ASHA stopping the ones that do not learn, an interruption
-(Tune's own graceful stop, as on Ctrl-C) while a trial is mid-run, ``--resume`` finishing
-the sweep without rerunning what had finished, the outputs, and the best config trained."""
+line: 4 trials of the tiny M2SA, ASHA stopping the ones that do not learn, Ctrl-C while a
+trial is mid-run, ``--resume`` finishing the sweep without rerunning what had finished, the
+outputs, and the best config trained."""
 
-import os
 import signal
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,20 +18,23 @@ from ray_sticker.train.trainer import run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-# Two learning rates that learn and two that cannot, alternating: ASHA (halving after each
-# epoch) stops the second trial at its first epoch, the third learns past it and is interrupted.
+# Trials 0 and 2 learn (the same rate, two seeds), 1 and 3 cannot: ASHA (halving after each
+# epoch) stops trial 1 at its first epoch, trial 2 learns past it and is interrupted.
 SWEEP = """
 name: lr-range
 config: m2sa-tiny
-overrides: [train.epochs=3, train.checkpoints_to_keep=3]
+overrides: [train.epochs=2, data.uri=%(data)s, data.synthetic_rows=800, data.synthetic_if_missing=true]
 metric: val_loss
 mode: min
-space:
-  train.lr: {grid: [3.0e-3, 1.0e-8, 2.0e-3, 1.0e-7]}
+points:
+  - {train.lr: 3.0e-3, train.seed: 1}
+  - {train.lr: 1.0e-8, train.seed: 1}
+  - {train.lr: 3.0e-3, train.seed: 2}
+  - {train.lr: 1.0e-7, train.seed: 1}
 search: {algorithm: grid, max_concurrent_trials: 1}
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
-resources: {num_workers: 2, cpus_per_worker: 0.5}
-storage_path: %s
+resources: {num_workers: 1, cpus_per_worker: 0.5}
+storage_path: %(storage)s
 """
 
 
@@ -42,17 +45,36 @@ def _table(exp: Path) -> list[dict]:
         return []
 
 
-def _interrupt_mid_trial(exp: Path, stop: threading.Event) -> None:
-    """SIGUSR1 to this process (Tune's stop signal, like SIGINT) once two trials have finished
-    and a third has checkpointed its first epoch."""
-    while not stop.is_set():
-        rows = _table(exp)
-        finished = [r for r in rows if r["status"] == "TERMINATED"]
-        running = [r for r in rows if r["status"] == "RUNNING" and r["epochs_completed"] >= 1]
-        if len(finished) >= 2 and running:
-            os.kill(os.getpid(), signal.SIGUSR1)
-            return
-        time.sleep(0.2)
+def _interrupted_sweep(sweep: Path, exp: Path) -> subprocess.CompletedProcess:
+    """``ray-sticker tune`` as its own driver on the suite's cluster, sent SIGINT (Ctrl-C) once
+    two trials have finished and a third has checkpointed its first epoch. The driver exits,
+    so its trials end with it, as when a user interrupts a sweep."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    log_path = exp.parent / "interrupted.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w")  # a file, not a pipe nobody reads while polling
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from ray_sticker.cli import main; sys.exit(main())",
+                             "tune", "--sweep", str(sweep), "--address", address],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            rows = _table(exp)
+            finished = [r for r in rows if r["status"] == "TERMINATED"]
+            running = [r for r in rows if r["status"] == "RUNNING" and r["epochs_completed"] >= 1]
+            if len(finished) >= 2 and running:
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.2)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log_path.read_text(), "")
 
 
 def _mtimes(path: Path) -> dict[str, float]:
@@ -62,18 +84,12 @@ def _mtimes(path: Path) -> dict[str, float]:
 def test_sweep_asha_interrupt_resume_outputs_and_best_config(ray_cluster, tmp_path, capsys):
     storage = tmp_path / "sweeps"
     sweep = tmp_path / "lr-range.yaml"
-    sweep.write_text(SWEEP % storage)
+    sweep.write_text(SWEEP % {"storage": storage, "data": tmp_path / "data"})
     exp = storage / "lr-range"
 
-    stop = threading.Event()
-    watcher = threading.Thread(target=_interrupt_mid_trial, args=(exp, stop), daemon=True)
-    watcher.start()
-    try:
-        assert cli_main(["tune", "--sweep", str(sweep)]) == 130  # interrupted, resumable
-    finally:
-        stop.set()
-        watcher.join()
-    assert "continue with: ray-sticker tune --sweep" in capsys.readouterr().err
+    interrupted_run = _interrupted_sweep(sweep, exp)
+    assert interrupted_run.returncode == 130, interrupted_run.stdout[-3000:]  # interrupted, resumable
+    assert "continue with: ray-sticker tune --sweep" in interrupted_run.stdout
     before = {r["trial_id"]: r for r in _table(exp)}
     finished = [t for t, r in before.items() if r["status"] == "TERMINATED"]
     interrupted = [t for t, r in before.items() if r["status"] not in ("TERMINATED", "ERROR")
@@ -98,15 +114,15 @@ def test_sweep_asha_interrupt_resume_outputs_and_best_config(ray_cluster, tmp_pa
 
     for row in rows.values():
         assert row["val_loss"] is not None and row["val_accuracy"] is not None and row["train.lr"] > 0
-    by_lr = {r["train.lr"]: r for r in rows.values()}
-    assert by_lr[1e-8]["stopped_early"] and by_lr[1e-8]["epochs_completed"] == 1
-    assert not by_lr[3e-3]["stopped_early"] and by_lr[3e-3]["epochs_completed"] == 3
-    assert by_lr[3e-3]["val_loss"] < by_lr[1e-8]["val_loss"]
+    learns, cannot = [rows[t] for t in sorted(rows)][0], [rows[t] for t in sorted(rows)][1]
+    assert cannot["stopped_early"] and cannot["epochs_completed"] == 1 and cannot["train.lr"] == 1e-8
+    assert not learns["stopped_early"] and learns["epochs_completed"] == 2
+    assert learns["val_loss"] < cannot["val_loss"]
 
     for name in ("results.csv", "results.parquet", "best.yaml", "metric_vs_train.lr.png", "learning_curves.png"):
         assert (exp / name).stat().st_size > 100, name
     assert "best: " in out and "learning_curves" in out
     best = load_config(str(exp / "best.yaml"), ["train.epochs=1", "train.export=false"])
-    assert best.train.lr in (3e-3, 2e-3) and best.name == "lr-range-best"
+    assert best.train.lr == 3e-3 and best.name == "lr-range-best"
     result = run_training(best)
-    assert result.final["epochs_completed"] == 1 and result.final["val_examples"] == 300
+    assert result.final["epochs_completed"] == 1 and result.final["val_examples"] == 100

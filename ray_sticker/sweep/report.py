@@ -69,6 +69,7 @@ def rows_from_trials(spec: SweepSpec, base: dict[str, Any], exp_dir: str, trials
     ``status`` and ``last`` (result) replace some trials' own, which Tune updates only after
     calling its callbacks."""
     histories, status, last = histories or {}, status or {}, last or {}
+    trials = sorted(trials, key=lambda t: t.trial_id)
     return [trial_row(spec, base, exp_dir, t.trial_id, status.get(t.trial_id, str(t.status)), dict(t.config or {}),
                       dict(last.get(t.trial_id, t.last_result) or {}), histories.get(t.trial_id, []), _error_text(t))
             for t in trials]
@@ -138,7 +139,7 @@ def best_config_yaml(spec: SweepSpec, base: dict[str, Any], best: dict[str, Any]
     header = (f"# Best trial of sweep '{spec.name}' ({best['trial_id']}): {spec.metric} = {best[spec.metric]:.6g} "
               f"at its last epoch ({spec.mode}).\n# Swept fields: "
               + ", ".join(f"{k}={v!r}" for k, v in values.items())
-              + f"\n# Train it: ray-sticker train --config best.yaml\n")
+              + "\n# Train it: ray-sticker train --config best.yaml\n")
     return header + yaml.safe_dump(data, sort_keys=False)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from ray_sticker import storage
 from ray_sticker.config import ConfigError, expand, load_config_data, set_values, validate
@@ -123,7 +124,6 @@ def _run_trial(params: dict[str, Any], spec_data: dict[str, Any], base: dict[str
     metrics go to Tune through ``TuneReportCallback``. The run is named after the trial, so a
     restored trial resumes its run from the latest checkpoint."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_sticker.train.loop import _worker_logging
     from ray_sticker.train.trainer import run_training
@@ -139,7 +139,12 @@ def _run_trial(params: dict[str, Any], spec_data: dict[str, Any], base: dict[str
         "train.export": False,
         "data.synthetic_if_missing": False,  # made once by check_sweep
     })
-    run_training(validate(data, source=f"sweep {spec.name}, trial {trial_id}"), callbacks=[TuneReportCallback()])
+    result = run_training(validate(data, source=f"sweep {spec.name}, trial {trial_id}"),
+                          callbacks=[TuneReportCallback()])
+    if result.history and result.start_epoch >= len(result.history):
+        # Every epoch came from the checkpoint: they ran on while an interrupted sweep stopped,
+        # and Tune never received the last one.
+        tune.report(result.history[-1])
 
 
 def _scheduler(spec: SweepSpec, base: dict[str, Any]):

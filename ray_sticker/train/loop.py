@@ -209,7 +209,9 @@ def _load_pool(loop_config: dict[str, Any], cfg: ExperimentConfig, device: torch
     return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] | None:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Rank 0 returns ``{"history": [per-epoch metrics], "start_epoch": first epoch trained
+    here}`` (epochs before it came from the checkpoint resumed); other ranks None."""
     import ray.train
     from ray.train import Checkpoint
 
@@ -335,7 +337,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]] |
 
         export_model(engine, cfg, loop_config["model_config"], loop_config["export_uri"],
                      loop_config.get("label_maps", {}), rank)
-    return history if rank == 0 else None
+    return {"history": history, "start_epoch": start_epoch} if rank == 0 else None
 
 
 def _plots(loop_config: dict[str, Any], artifacts: dict[str, Any], cfg: ExperimentConfig) -> None:

@@ -41,6 +41,7 @@ class RunResult:
     history: list[dict[str, Any]]
     export_uri: str | None
     wall_s: float = 0.0
+    start_epoch: int = 0  # epochs before it were restored from the checkpoint the run resumed
 
     @property
     def final(self) -> dict[str, Any]:
@@ -281,10 +282,11 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
     )
     log.info("run %s -> %s", name, run_dir)
     result = trainer.fit()
-    history = result.return_value or []
+    returned = result.return_value or {}
+    history = returned.get("history", [])
     write_metrics(run_dir, history)
     return RunResult(name=name, run_dir=run_dir, history=history, export_uri=export_uri,
-                     wall_s=time.perf_counter() - t0)
+                     wall_s=time.perf_counter() - t0, start_epoch=returned.get("start_epoch", 0))
 
 
 def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
