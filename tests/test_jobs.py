@@ -136,3 +136,27 @@ def test_stop_ends_a_long_job(ray_head, job_dataset, tmp_path):
     assert stop.returncode == 0, stop.stdout + stop.stderr
     status = ray_head.ray("status", "rs-long")
     assert "was stopped" in status.stdout + status.stderr
+
+
+def test_submit_sweep_job(ray_head, job_dataset, tmp_path):
+    """A sweep through `ray job submit -- python jobs/tune.py`, its table and best config."""
+    import pyarrow.parquet as pq
+
+    sweep = tmp_path / "job-sweep.yaml"
+    sweep.write_text(f"""
+name: job-sweep
+config: m2sa-tiny
+overrides: [train.epochs=1, "data.uri={job_dataset}", data.synthetic_if_missing=false]
+metric: val_accuracy
+mode: max
+points: [{{train.lr: 3.0e-3}}]
+resources: {{num_workers: 1, cpus_per_worker: 0.5}}
+storage_path: {tmp_path / "sweeps"}
+""")
+    done = ray_head.ray("submit", "--working-dir", ".", "--", "python", "jobs/tune.py", "--sweep", str(sweep))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    exp = tmp_path / "sweeps" / "job-sweep"
+    rows = pq.read_table(exp / "results.parquet").to_pylist()
+    assert [(r["status"], r["epochs_completed"]) for r in rows] == [("TERMINATED", 1)]
+    assert rows[0]["val_accuracy"] is not None and (exp / "best.yaml").stat().st_size > 100
+    assert "best: " in done.stdout
