@@ -138,8 +138,13 @@ def test_stop_ends_a_long_job(ray_head, job_dataset, tmp_path):
     assert "was stopped" in status.stdout + status.stderr
 
 
-def test_submit_sweep_job(ray_head, job_dataset, tmp_path):
-    """A sweep through `ray job submit -- python jobs/tune.py`, its table and best config."""
+@pytest.mark.s3
+def test_submit_sweep_job_with_s3_storage(ray_head, job_dataset, tmp_path, s3_env, s3_bucket):
+    """A sweep through `ray job submit -- python jobs/tune.py`, its experiment on S3 (endpoint
+    and credentials passed at submit time): the results table and the best config."""
+    import json
+
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     sweep = tmp_path / "job-sweep.yaml"
@@ -151,12 +156,17 @@ metric: val_accuracy
 mode: max
 points: [{{train.lr: 3.0e-3}}]
 resources: {{num_workers: 1, cpus_per_worker: 0.5}}
-storage_path: {tmp_path / "sweeps"}
+storage_path: {s3_bucket}/sweeps
 """)
-    done = ray_head.ray("submit", "--working-dir", ".", "--", "python", "jobs/tune.py", "--sweep", str(sweep))
+    runtime_env = json.dumps({"env_vars": s3_env.env()})
+    done = ray_head.ray("submit", "--working-dir", ".", "--runtime-env-json", runtime_env,
+                        "--", "python", "jobs/tune.py", "--sweep", str(sweep))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    exp = tmp_path / "sweeps" / "job-sweep"
-    rows = pq.read_table(exp / "results.parquet").to_pylist()
+    assert s3_env.secret_key not in done.stdout + done.stderr
+    exp = f"{s3_bucket}/sweeps/job-sweep"
+    rows = pq.read_table(pa.BufferReader(storage.read_bytes(f"{exp}/results.parquet"))).to_pylist()
     assert [(r["status"], r["epochs_completed"]) for r in rows] == [("TERMINATED", 1)]
-    assert rows[0]["val_accuracy"] is not None and (exp / "best.yaml").stat().st_size > 100
+    assert rows[0]["val_accuracy"] is not None and rows[0]["run_dir"].startswith(f"{exp}/runs/")
+    assert "train:" in storage.read_text(f"{exp}/best.yaml")
+    assert "epoch-0000" in {u.rsplit("/", 1)[-1] for u in storage.listdir(rows[0]["run_dir"])}  # the trial's run
     assert "best: " in done.stdout

@@ -191,3 +191,14 @@ def test_write_outputs_makes_every_file(tmp_path):
         assert (tmp_path / "exp" / outputs[key].rsplit("/", 1)[-1]).stat().st_size > 100, key
     assert outputs["plot:train.lr"].endswith("metric_vs_train.lr.png")
     assert math.isclose(rows[2]["val_accuracy"], 0.65)
+
+
+def test_asha_scheduler_follows_the_epochs_and_rejects_a_late_grace_period(tmp_path):
+    from ray_sticker.sweep.runner import _scheduler
+
+    spec = load_sweep("m2sa-tiny")
+    asha = _scheduler(spec, base_config(spec))
+    assert asha._time_attr == "epochs_completed" and asha._max_t == 3  # train.epochs of the sweep
+    late = load_sweep("m2sa-tiny", **{"scheduler.grace_period": 5})
+    with pytest.raises(ConfigError, match="grace_period=5 exceeds max_t=3"):
+        _scheduler(late, base_config(late))

@@ -50,6 +50,7 @@ def test_zero2_from_s3_checkpoints_in_bucket_and_resume(ray_cluster, s3_env, s3_
     # Same name, more epochs: resumes after epoch 1 instead of starting over.
     second = run_training(_tiny("m2sa-tiny", *common, "train.epochs=3"))
     assert [h["epoch"] for h in second.history] == [0, 1, 2]
+    assert (first.start_epoch, second.start_epoch) == (0, 2)  # epochs 0-1 restored, not trained again
     assert second.history[:2] == first.history
     steps_per_epoch = math.ceil(1800 // 2 / load_config("m2sa-tiny").train.batch_size)
     assert second.history[2]["global_step"] == first.history[1]["global_step"] + steps_per_epoch

@@ -195,7 +195,6 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
                              runs_dir=storage.join(exp_dir, RUNS_DIR)),
         spec.resources.driver_resources(),
     )
-    progress = ProgressWriter(spec, base, exp_dir)
     if resume:
         if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs_arg):
             raise ConfigError(f"the sweep at {exp_dir} has no Tune experiment state to resume (it stopped before "
@@ -204,20 +203,21 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs_arg)
     else:
+        scheduler, concurrent = _scheduler(spec, base), max_concurrent(spec, base)
         storage.write_text(spec_uri, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        concurrent = max_concurrent(spec, base)
         log.info("sweep %s: %d trials, %d at a time -> %s", spec.name, spec.num_trials(), concurrent, exp_dir)
         tuner = tune.Tuner(
             trainable,
             param_space=spec.param_space(),
             tune_config=tune.TuneConfig(
-                metric=spec.metric, mode=spec.mode, scheduler=_scheduler(spec, base),
+                metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                 # Tune ignores max_concurrent_trials beside a given generator: it takes its own.
                 search_alg=BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=concurrent),
                 num_samples=spec.search.num_samples,
             ),
             run_config=tune.RunConfig(name=spec.name, storage_path=storage.resolve(expand(spec.storage_path))[1],
-                                      storage_filesystem=fs_arg, callbacks=[progress], verbose=1),
+                                      storage_filesystem=fs_arg, callbacks=[ProgressWriter(spec, base, exp_dir)],
+                                      verbose=1),
         )
     tuner.fit()
     # The trials as saved: after an interruption Tune marks its running trials terminated in
