@@ -13,15 +13,21 @@ def local_system_config(num_cpus: int) -> dict:
     return {"idle_worker_killing_time_threshold_ms": 600_000, "num_workers_soft_limit": max(4, num_cpus)}
 
 
+def quiet_data_progress() -> None:
+    """No Ray Data progress bars from this process: epoch logs report throughput instead (a
+    sweep's trials call this too, since each drives its own datasets)."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to ``address`` / ``RAY_ADDRESS`` (e.g. inside ``ray job submit``) or start a local Ray."""
     import ray
 
     if ray.is_initialized():
         return
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False  # epoch logs report throughput instead
+    quiet_data_progress()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)

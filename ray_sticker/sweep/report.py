@@ -182,6 +182,7 @@ def plot_metric_vs_field(rows: list[dict[str, Any]], field: str, metric: str, ur
 def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], metric: str, uri: str) -> None:
     """The metric and the training loss per epoch, one line per trial."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4))
     for i, key in enumerate((metric, "train_loss")):
@@ -191,6 +192,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], metric: str
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=trial_id)
         ax.set_xlabel("epochs completed")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         if i == 0 and 0 < len(histories) <= 12:

@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ray_sticker import storage
 from ray_sticker.config import ConfigError, expand, load_config_data, set_values, validate
-from ray_sticker.runtime import init_ray
+from ray_sticker.runtime import init_ray, quiet_data_progress
 from ray_sticker.sweep.spec import SweepSpec
 
 log = logging.getLogger("ray_sticker.sweep")
@@ -129,6 +129,7 @@ def _run_trial(params: dict[str, Any], spec_data: dict[str, Any], base: dict[str
     from ray_sticker.train.trainer import run_training
 
     _worker_logging()
+    quiet_data_progress()
     spec = SweepSpec.model_validate(spec_data)
     trial_id = tune.get_context().get_trial_id()
     data = set_values(base, {
