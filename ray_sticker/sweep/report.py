@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import yaml
+from ray.tune import Callback
 
 from ray_sticker import storage
 from ray_sticker.config import set_values, validate
@@ -218,13 +219,7 @@ def write_outputs(spec: SweepSpec, base: dict[str, Any], exp_dir: str, trials: l
     return rows, best, outputs
 
 
-def _callback_base():
-    from ray.tune import Callback
-
-    return Callback
-
-
-class ProgressWriter(_callback_base()):
+class ProgressWriter(Callback):
     """Rewrites ``results.csv`` / ``results.parquet`` whenever a trial reports an epoch,
     finishes or fails, so a running sweep can be followed (and its table survives a crash)."""
 

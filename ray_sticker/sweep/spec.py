@@ -39,6 +39,7 @@ from ray_sticker.config import ConfigError
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "quniform", "randint")
 SWEEP_DIR = "tuning"
+POINT_KEY = "point"  # Tune parameter holding a trial's index into ``points``
 
 
 class _Section(BaseModel):
@@ -226,9 +227,6 @@ class SweepSpec(_Section):
             if values not in unique:
                 unique.append(values)
         return unique
-
-
-POINT_KEY = "point"
 
 
 def list_sweeps(root: str | Path | None = None) -> list[str]:
