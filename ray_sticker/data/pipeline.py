@@ -42,7 +42,10 @@ class DataQualityError(RuntimeError):
 
 @dataclass(frozen=True)
 class TextInput:
-    """One tokenized text input: ``columns`` joined (or, ``separate``, one text each)."""
+    """One tokenized text input: ``columns`` joined (or, ``separate``, one text each). A
+    ``raw`` input is not tokenized: each column's text travels as UTF-8 bytes
+    ``<name>_bytes`` ``(B, C, max_length)`` uint8, zero-padded (models that build prompts
+    themselves, e.g. the MLLM baselines, decode them with :func:`decode_texts`)."""
 
     name: str  # "text" -> input_ids / attention_mask; else <name>_input_ids / <name>_attention_mask
     columns: tuple[str, ...]
@@ -50,11 +53,16 @@ class TextInput:
     max_length: int
     default: str = ""
     separate: bool = False
+    raw: bool = False
 
     @property
     def keys(self) -> tuple[str, str]:
         prefix = "" if self.name == "text" else f"{self.name}_"
         return f"{prefix}input_ids", f"{prefix}attention_mask"
+
+    @property
+    def bytes_key(self) -> str:
+        return f"{self.name}_bytes"
 
 
 @dataclass(frozen=True)
@@ -131,23 +139,45 @@ def read_split(uri: str, split: str, columns: list[str]):
     return ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
 
 
-def _as_text(value, sep: str) -> str:
+def _as_text(value, joiner: str) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     if isinstance(value, str):
         return value
-    return f" {sep} ".join(str(t) for t in value)  # a list of turns
+    return joiner.join(str(t) for t in value)  # a list of turns
+
+
+def encode_texts(texts: list[str], max_bytes: int) -> np.ndarray:
+    """UTF-8 bytes of each text, zero-padded to ``max_bytes`` (cut at a character boundary)."""
+    out = np.zeros((len(texts), max_bytes), dtype=np.uint8)
+    for i, text in enumerate(texts):
+        data = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore").encode("utf-8")
+        out[i, :len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return out
+
+
+def decode_texts(data) -> list:
+    """Inverse of :func:`encode_texts` over the last axis: ``(..., L)`` bytes -> nested lists of str."""
+    arr = np.asarray(data.cpu() if hasattr(data, "cpu") else data, dtype=np.uint8)
+    if arr.ndim == 1:
+        return arr.tobytes().rstrip(b"\0").decode("utf-8", errors="replace")
+    return [decode_texts(row) for row in arr]
 
 
 def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], n: int) -> dict[str, np.ndarray]:
-    """Token ids and masks of every text input (see :class:`TextInput`)."""
+    """Token ids and masks of every text input (raw inputs: their bytes; see :class:`TextInput`)."""
     from ray_sticker.models.encoders import load_tokenizer
 
     out: dict[str, np.ndarray] = {}
     for t in texts:
+        if t.raw:  # turns of a dialogue on their own lines
+            flat = [_as_text(v, "\n") or t.default for i in range(n)
+                    for v in (batch[c][i] for c in t.columns)]
+            out[t.bytes_key] = encode_texts(flat, t.max_length).reshape(n, len(t.columns), t.max_length)
+            continue
         tok = load_tokenizer(t.tokenizer)
         sep = tok.sep_token or "|"
-        per_column = [[_as_text(v, sep) or t.default for v in batch[c]] for c in t.columns]
+        per_column = [[_as_text(v, f" {sep} ") or t.default for v in batch[c]] for c in t.columns]
         if t.separate:  # row-major (n, C)
             flat = [per_column[c][i] for i in range(n) for c in range(len(t.columns))]
         else:

@@ -133,10 +133,11 @@ def seq2seq_generate(model, tokenizer, texts: Sequence[str], max_new_tokens: int
 
 
 def _forward_args(model) -> set[str]:
+    """The inputs the model's forward names (a peft wrapper: its base model's)."""
     import inspect
 
-    params = inspect.signature(model.forward).parameters
-    return set(params) - {"kwargs"}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters) - {"kwargs"}
 
 
 @torch.no_grad()

@@ -22,7 +22,10 @@ What the pipeline puts in ``batch`` is declared by the model's architecture conf
     boolean field of the model config is true (an ablation switch such as
     ``use_knowledge`` then changes the model's inputs too). ``tower`` names the config key
     of the tower whose ``tokenizer`` (or ``hf_model_name``) is used (default ``"text"``);
-    ``max_length`` defaults to ``data.max_text_length``. Default when a ``text`` tower
+    ``max_length`` defaults to ``data.max_text_length``. ``"raw": true`` skips tokenization:
+    each column's text arrives as UTF-8 bytes ``<name>_bytes`` ``(B, C, max_length)`` uint8
+    (``max_length`` in bytes, default 1024; ``data.pipeline.decode_texts`` turns them back
+    into strings) for models that build their own prompts. Default when a ``text`` tower
     exists: ``{"text": {"columns": ["context"]}}``.
 ``vision`` (an open_clip tower spec) or ``image_size``
     The model reads images: classification batches carry the example's image as
@@ -67,9 +70,14 @@ import torch
 class ModelOutput:
     """``loss``: the total to backpropagate; ``losses``: its named terms (logged separately);
     ``logits``: per classification head ``(B, C)``; ``scores``: selection scores ``(B, K)``
-    (higher is better)."""
+    (higher is better). Generative models (the MLLM baselines) add, in evaluation:
+    ``predictions`` per head ``(B,)`` (-1: no class could be read; counted wrong),
+    ``unparsed`` ``(B,)`` bool (answers that could not be parsed) and the ``answers`` text."""
 
     loss: torch.Tensor
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
     logits: dict[str, torch.Tensor] = field(default_factory=dict)
     scores: torch.Tensor | None = None
+    predictions: dict[str, torch.Tensor] = field(default_factory=dict)
+    unparsed: torch.Tensor | None = None
+    answers: list[str] | None = None

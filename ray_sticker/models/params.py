@@ -85,8 +85,15 @@ def params_table(names: list[str]) -> list[dict[str, Any]]:
     part here), ``paper`` and ``diff`` = (measured - paper) / paper. Models are built one at a
     time."""
     rows: list[dict[str, Any]] = []
+    from ray_sticker.mllm.tiny import is_builtin
+
     for name in names:
         cfg = get_model_config(name)
+        if cfg.get("arch") == "mllm" and not is_builtin(cfg.get("model", "")):
+            # A vision-language model's architecture comes with its weights: nothing to count offline.
+            rows.append({"name": name, "arch": "mllm", "task": cfg.get("task", ""), "params": None,
+                         "compared": f"see {cfg['model']}"})
+            continue
         counts = count(cfg)
         base = {"name": name, "arch": cfg.get("arch", ""), "task": cfg.get("task", ""), "params": counts["total"]}
         paper = cfg.get("paper_params") or {}

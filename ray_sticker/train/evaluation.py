@@ -55,6 +55,7 @@ class Evaluation:
         self.query_stats: list[dict[str, np.ndarray]] = []
         self.loss_sum = 0.0
         self.rows = 0
+        self.unparsed = 0  # generative models: answers that could not be parsed
 
     def add(self, batch: dict[str, torch.Tensor], out) -> None:
         n = int(next(iter(batch.values())).shape[0])
@@ -65,8 +66,11 @@ class Evaluation:
                 continue
             labels = batch[f"label_{h}"].cpu().numpy()
             keep = labels >= 0
-            self.preds[h].append(out.logits[h].argmax(-1).cpu().numpy()[keep])
+            pred = out.predictions[h] if h in out.predictions else out.logits[h].argmax(-1)
+            self.preds[h].append(pred.cpu().numpy()[keep])
             self.labels[h].append(labels[keep])
+        if out.unparsed is not None:
+            self.unparsed += int(out.unparsed.sum().item())
         if self.select and out.scores is not None:
             self.scores.append(out.scores.float().cpu().numpy())
             self.targets.append(batch["target"].cpu().numpy())
@@ -82,7 +86,8 @@ class Evaluation:
 
     def local_arrays(self) -> dict[str, np.ndarray]:
         cat = _concat
-        out: dict[str, np.ndarray] = {"loss_sum": np.array([self.loss_sum]), "rows": np.array([self.rows])}
+        out: dict[str, np.ndarray] = {"loss_sum": np.array([self.loss_sum]), "rows": np.array([self.rows]),
+                                      "unparsed": np.array([self.unparsed])}
         for h in self.heads:
             out[f"pred_{h}"] = cat(self.preds[h], np.int64)
             out[f"label_{h}"] = cat(self.labels[h], np.int64)
@@ -111,12 +116,16 @@ def compute_metrics(full: dict[str, np.ndarray], heads: dict[str, int]) -> tuple
     rows = int(full["rows"].sum())
     metrics["examples"] = rows
     metrics["loss"] = float(full["loss_sum"].sum()) / max(1, rows)
+    if full.get("unparsed") is not None and full["unparsed"].sum():  # generative models' unreadable answers
+        metrics["unparsed"] = int(full["unparsed"].sum())
+        metrics["unparsed_fraction"] = metrics["unparsed"] / max(1, rows)
     for h, n in heads.items():
         labels, preds = full[f"label_{h}"], full[f"pred_{h}"]
         if labels.size == 0:
             continue
         metrics.update({f"{h}_{k}": v for k, v in M.classification_metrics(labels, preds, n).items()})
-        artifacts[f"confusion_{h}"] = M.confusion_matrix(labels, preds, n)
+        read = preds >= 0  # -1: a generative model's answer named no class (counted wrong above)
+        artifacts[f"confusion_{h}"] = M.confusion_matrix(labels[read], preds[read], n)
     evaluated = [h for h in heads if f"{h}_accuracy" in metrics]
     for k in ("accuracy", "weighted_f1", "macro_f1"):
         if evaluated:

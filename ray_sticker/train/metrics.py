@@ -23,23 +23,28 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return cm
 
 
-def per_class_f1(cm: np.ndarray) -> np.ndarray:
+def per_class_f1(cm: np.ndarray, actual: np.ndarray | None = None) -> np.ndarray:
+    """F1 per class from the confusion matrix; ``actual`` (true examples per class) defaults to
+    its row sums and is larger when some predictions are outside every class."""
     tp = np.diag(cm).astype(np.float64)
     predicted = cm.sum(axis=0).astype(np.float64)
-    actual = cm.sum(axis=1).astype(np.float64)
+    actual = (cm.sum(axis=1) if actual is None else actual).astype(np.float64)
     denom = predicted + actual  # F1 = 2TP / (2TP + FP + FN) = 2TP / (predicted + actual)
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
-    """accuracy, weighted_f1, macro_f1 (all in [0, 1]) of integer labels and predictions."""
+    """accuracy, weighted_f1, macro_f1 (all in [0, 1]) of integer labels and predictions.
+    A prediction outside ``0..num_classes-1`` (-1: a generative model's unreadable answer) is
+    wrong: a false negative of its true class and a false positive of none."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     if y_true.size == 0:
         raise ValueError("no examples to evaluate")
-    cm = confusion_matrix(y_true, y_pred, num_classes)
-    f1 = per_class_f1(cm)
-    support = cm.sum(axis=1)
+    valid = (y_pred >= 0) & (y_pred < num_classes)
+    cm = confusion_matrix(y_true[valid], y_pred[valid], num_classes)
+    support = np.bincount(y_true, minlength=num_classes)
+    f1 = per_class_f1(cm, support)
     present = (support + cm.sum(axis=0)) > 0
     return {
         "accuracy": float((y_true == y_pred).mean()),

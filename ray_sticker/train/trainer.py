@@ -98,6 +98,10 @@ def text_inputs(cfg: ExperimentConfig, model_cfg: dict[str, Any], key: str = "te
                 columns += [c for c in extra if c not in columns]
         if not columns:  # every column gated off by an ablation switch
             continue
+        if spec.get("raw"):
+            out.append(TextInput(name, tuple(columns), "", int(spec.get("max_length", 1024)),
+                                 str(spec.get("default", "")), separate=True, raw=True))
+            continue
         tower = spec.get("tower", "text")
         if not isinstance(model_cfg.get(tower), dict):
             raise ConfigError(f"model '{cfg.model.name}': {key}.{name} names tower '{tower}', which the model lacks")
