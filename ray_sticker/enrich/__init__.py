@@ -1,0 +1,1 @@
+"""Enrichment: batch-inference jobs that add annotation columns to canonical datasets."""
