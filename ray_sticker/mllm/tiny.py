@@ -38,9 +38,14 @@ def _tokenizer(extra: list[str]):
 
 
 def _chat_tokenizer(image_tokens: list[str]):
+    """A decoder's tokenizer: BOS ([CLS]) first like Llama's, nothing appended after the text."""
+    from tokenizers.processors import TemplateProcessing
+
     tok = _tokenizer(image_tokens + ["<|im_start|>", "<|im_end|>"])
     tok.eos_token = "<|im_end|>"
     tok.bos_token = tok.cls_token
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A", pair="[CLS] $A $B", special_tokens=[("[CLS]", tok.cls_token_id)])
     return tok
 
 
