@@ -241,3 +241,10 @@ def test_partition_numel_zero3_shards():
     first.ds_tensor = torch.zeros(6)
     rest = sum(p.numel() for p in module.parameters()) - first.numel()
     assert partition_numel(SimpleNamespace(module=module)) == (6 + rest, 12 + rest)
+
+
+def test_offloaded_optimizer_steps_with_torch_on_cpu_workers():
+    cfg = _cfg("deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true")
+    assert deepspeed_config(cfg, "fp32")["zero_force_ds_cpu_optimizer"] is False
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1e-3}]
+    assert isinstance(build_optimizer(groups, cfg, on_gpu=False), torch.optim.AdamW)

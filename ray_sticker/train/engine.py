@@ -42,6 +42,9 @@ def deepspeed_config(cfg: ExperimentConfig, precision: str) -> dict[str, Any]:
         "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
+        # Offloaded optimizer states are stepped by DeepSpeedCPUAdam on GPUs and by torch's own
+        # optimizer on CPU-only workers (see build_optimizer).
+        "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
         "steps_per_print": 10**9,
@@ -98,9 +101,15 @@ def param_groups(model: nn.Module, cfg: ExperimentConfig) -> list[dict[str, Any]
     ]
 
 
-def build_optimizer(groups: list[dict[str, Any]], cfg: ExperimentConfig) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict[str, Any]], cfg: ExperimentConfig, on_gpu: bool = False) -> torch.optim.Optimizer:
+    """The optimizer of ``train.optimizer``; with ``deepspeed.offload_optimizer`` on GPUs, Adam(W)
+    is DeepSpeed's vectorised CPU Adam, which steps the states kept in CPU memory."""
     if not groups:
         raise ValueError("nothing to train: every tower is frozen and the model has no other parameters")
+    if on_gpu and cfg.deepspeed.offload_optimizer and cfg.train.optimizer in ("adam", "adamw"):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.train.lr, adamw_mode=cfg.train.optimizer == "adamw")
     if cfg.train.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.train.lr)
     if cfg.train.optimizer == "adam":
@@ -139,7 +148,7 @@ def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu
     check_parameters(model)
     freeze_towers(model, cfg)
     precision = resolve_precision(cfg, on_gpu)
-    optimizer = build_optimizer(param_groups(model, cfg), cfg)
+    optimizer = build_optimizer(param_groups(model, cfg), cfg, on_gpu)
     warmup = int(cfg.train.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.scheduler, total_steps, warmup))
     engine, _, _, _ = deepspeed.initialize(
