@@ -230,6 +230,22 @@ def test_rayjob_runtime_env(rayjob):
 # --------------------------------------------------------------------------- runtime env
 
 
+def _runtime_dependencies() -> list[str]:
+    """pyproject's dependencies without Ray (every cluster image has it)."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [d for d in deps if not d.startswith("ray")]
+
+
+def test_every_cluster_installs_the_projects_dependencies(aws, rayjob):
+    deps = _runtime_dependencies()
+    assert _load("runtime_env.yaml")["pip"] == deps
+    assert yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["pip"] == deps
+    installed = " ".join(aws["setup_commands"]).replace('"', "")
+    assert all(d in installed.split() for d in deps), installed
+
+
 def test_runtime_env_file():
     from ray.runtime_env import RuntimeEnv
 
