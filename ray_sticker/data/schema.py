@@ -19,8 +19,12 @@ Columns the shipped models read when present:
 
 - examples: ``comet_xIntent``, ``comet_xNeed``, ``comet_xWant``, ``comet_xEffect``,
   ``comet_xReact`` (COMET commonsense relations of the context, Int-RA and EIGML);
+  ``emotion`` (EIGML: the argmax of cnsenti's 7-way count ``emotion_counts``, null when the
+  text has no emotion word);
 - stickers: ``desc_gesture``, ``desc_posture``, ``desc_facial``, ``desc_verbal`` (MLLM
   attribute descriptions, Int-RA).
+
+``ray-sticker enrich`` computes all of them (``ray_sticker/enrich``).
 """
 
 from __future__ import annotations
