@@ -139,6 +139,8 @@ def builtin_dir(uri: str) -> str:
         raise ValueError(f"unknown built-in model '{uri}'; built-in: {', '.join(PREFIX + n for n in BUILDERS)}")
     root = os.path.join(default_home(), "models")
     final = os.path.join(root, name)
+    if os.path.isdir(final) and not os.path.exists(os.path.join(final, _COMPLETE)):
+        shutil.rmtree(final, ignore_errors=True)  # not built by this code: build it again
     if not os.path.isdir(final):
         os.makedirs(root, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
@@ -146,6 +148,9 @@ def builtin_dir(uri: str) -> str:
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 BUILDERS[name](tmp)
+            if not os.path.exists(os.path.join(tmp, "config.json")):
+                raise RuntimeError(f"building {uri} wrote no config.json into {tmp}")
+            open(os.path.join(tmp, _COMPLETE), "w").close()
             os.rename(tmp, final)
         except OSError:
             if not os.path.isdir(final):  # else another process published it first
@@ -153,3 +158,6 @@ def builtin_dir(uri: str) -> str:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+_COMPLETE = ".complete"  # written last into a finished build
