@@ -179,6 +179,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enrich(args: argparse.Namespace) -> int:
+    from ray_sticker.enrich.spec import list_enrich_configs, load_enrich_config
+
+    if args.list or not args.config:
+        if not args.list:
+            raise ConfigError("enrich: give --config NAME (list them: --list) or a YAML path/URI")
+        for name in list_enrich_configs():
+            print(name)
+        return 0
+    from ray_sticker.enrich.runner import run_enrichment
+
+    spec = load_enrich_config(args.config, args.overrides, dataset=args.dataset).resolved()
+    try:
+        report = run_enrichment(spec, address=args.address)
+    except KeyboardInterrupt:
+        print(f"interrupted: the rows annotated so far are kept in {spec.work_dir}; "
+              "run the same command to resume", file=sys.stderr)
+        return 130
+    print(report.summary())
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ray_sticker.models.registry import get_model_config, list_models
 
@@ -296,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dotted overrides of the base experiment config, for every trial")
     tu.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     tu.set_defaults(fn=cmd_tune)
+
+    en = sub.add_parser("enrich", help="add annotation columns to a dataset with a batch-inference job (Ray Data)",
+                        description="Annotate a canonical dataset's stickers or examples with an annotator "
+                                    "(MLLM sticker descriptions, COMET commonsense relations, cnsenti text "
+                                    "emotion) on a Ray Data actor pool, and publish the enriched tables "
+                                    "atomically. Interrupted runs resume: run the same command again.")
+    en.add_argument("--config", help="enrichment config name (list them: --list) or a YAML path/URI")
+    en.add_argument("--dataset", help="dataset URI (default: the config's)")
+    en.add_argument("--list", action="store_true", help="list the shipped enrichment configs")
+    en.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="dotted overrides, e.g. options.model=builtin:tiny-llava concurrency=2 max_rows=100")
+    en.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
+    en.set_defaults(fn=cmd_enrich)
 
     m = sub.add_parser("models", help="list the model registry", description="List architecture configs.")
     m.add_argument("names", nargs="*", metavar="name", help="architecture configs to list (default: all)")
