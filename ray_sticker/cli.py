@@ -1,4 +1,4 @@
-"""``ray-sticker``: prepare | train | evaluate | tune | models | configs.
+"""``ray-sticker``: prepare | enrich | train | evaluate | tune | models | configs.
 
 ``ray-sticker train`` with no arguments runs the embedded default: the synthetic dataset
 (written locally if missing), the tiny M2SA and its text-only and image-only baselines,

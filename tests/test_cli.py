@@ -160,12 +160,13 @@ def test_console_script_models():
         (["model.name=nope"], "model.name: unknown model; registered:"),
     ],
 )
-def test_train_with_unusable_dataset_or_model_is_one_line_before_ray(tmp_path, capsys, overrides, message):
+def test_train_with_unusable_dataset_or_model_is_one_line_before_ray(tmp_path, capsys, monkeypatch, overrides,
+                                                                    message):
     """Checked before Ray starts: a missing dataset, an image size the model cannot take, an unknown model."""
-    import ray
+    from ray_sticker.train import trainer
 
+    monkeypatch.setattr(trainer, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
     args = ["-q", "train", "--config", "m2sa-tiny", f"data.uri={tmp_path / 'missing'}", *overrides]
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
-    assert not ray.is_initialized()

@@ -57,7 +57,7 @@ def test_config_errors_are_one_line_naming_the_field(capsys):
     assert spec.options == {"model": "builtin:tiny-llava", "max_new_tokens": 4} and spec.concurrency == 2
     assert spec.work_dir == "s3://b/ds/_enrich/describe-stickers-tiny"
     home = load_enrich_config("describe-stickers-tiny").resolved().dataset
-    assert home == os.path.join(os.environ["RAY_STICKER_HOME"], "datasets", "synthetic-select")
+    assert home == os.path.join(os.environ["RAY_STICKER_HOME"], "datasets", "synthetic-select-enriched")
     assert load_enrich_config("describe-stickers").num_gpus == 1
 
     cases = [(["batch_size=0"], "batch_size: Input should be greater than 0"),
