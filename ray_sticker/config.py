@@ -166,17 +166,26 @@ def list_configs() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(name_or_path: str) -> dict[str, Any]:
+def read_path_or_uri(name_or_path: str, what: str) -> tuple[str, str] | None:
+    """(text, source) when ``name_or_path`` is a URI or a file path (``.yaml``/``.yml`` or an
+    existing file); None when it is a name, for the caller to look up. ``what`` names the kind
+    of file in the error of a path that does not exist."""
+    if "://" in name_or_path:
+        from ray_sticker import storage
+
+        return storage.read_text(name_or_path), name_or_path
     path = Path(os.path.expanduser(name_or_path))
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if "://" in name_or_path:
-            from ray_sticker import storage
+        if not path.is_file():
+            raise ConfigError(f"{what} file not found: {name_or_path}")
+        return path.read_text(), str(path)
+    return None
 
-            text = storage.read_text(name_or_path)
-        elif not path.exists():
-            raise ConfigError(f"config file not found: {name_or_path}")
-        else:
-            text = path.read_text()
+
+def _read_yaml(name_or_path: str) -> dict[str, Any]:
+    found = read_path_or_uri(name_or_path, "config")
+    if found is not None:
+        text = found[0]
     else:
         ref = resources.files(CONFIG_PACKAGE) / f"{name_or_path}.yaml"
         if not ref.is_file():

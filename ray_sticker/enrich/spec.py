@@ -14,15 +14,13 @@ A bad value raises :class:`~ray_sticker.config.ConfigError` with one line naming
 
 from __future__ import annotations
 
-import os
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ray_sticker.config import CONFIG_PACKAGE, ConfigError, apply_overrides, expand
+from ray_sticker.config import CONFIG_PACKAGE, ConfigError, apply_overrides, expand, read_path_or_uri
 
 ENRICH_DIR = "enrich"  # ray_sticker/configs/enrich/
 WORK_SUBDIR = "_enrich"  # default work directory: <dataset>/_enrich/<name>
@@ -85,15 +83,9 @@ def list_enrich_configs() -> list[str]:
 
 def _read(name_or_path: str) -> tuple[str, str]:
     """(text, source) of a shipped config name, a file path or a URI."""
-    if "://" in name_or_path:
-        from ray_sticker import storage
-
-        return storage.read_text(name_or_path), name_or_path
-    path = Path(os.path.expanduser(name_or_path))
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"enrichment config file not found: {name_or_path}")
-        return path.read_text(), str(path)
+    found = read_path_or_uri(name_or_path, "enrichment config")
+    if found is not None:
+        return found
     ref = resources.files(CONFIG_PACKAGE) / ENRICH_DIR / f"{name_or_path}.yaml"
     if not ref.is_file():
         raise ConfigError(f"unknown enrichment config '{name_or_path}'; shipped: {', '.join(list_enrich_configs())} "

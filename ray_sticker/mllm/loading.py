@@ -12,7 +12,6 @@ so that a batch's generated tokens start at the same position.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np

@@ -28,14 +28,13 @@ per trial), ``uniform`` / ``loguniform`` ``[low, high]``, ``quniform`` ``[low, h
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ray_sticker.config import ConfigError
+from ray_sticker.config import ConfigError, read_path_or_uri
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "quniform", "randint")
 SWEEP_DIR = "tuning"
@@ -245,15 +244,9 @@ def sweeps_dir() -> Path | None:
 
 def _read(name_or_path: str) -> tuple[str, str]:
     """(text, source) of a sweep name, file path or URI."""
-    if "://" in name_or_path:
-        from ray_sticker import storage
-
-        return storage.read_text(name_or_path), name_or_path
-    path = Path(os.path.expanduser(name_or_path))
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"sweep file not found: {name_or_path}")
-        return path.read_text(), str(path)
+    found = read_path_or_uri(name_or_path, "sweep")
+    if found is not None:
+        return found
     directory = sweeps_dir()
     if directory is None or not (directory / f"{name_or_path}.yaml").is_file():
         known = ", ".join(list_sweeps()) or "none found"
