@@ -169,3 +169,21 @@ def test_selection_baseline_scores_the_chosen_candidate():
     assert out.scores.shape == (n, k)
     for row, unparsed in zip(out.scores, out.unparsed):  # one chosen candidate, or none (ranked last)
         assert row.sum().item() == (0.0 if unparsed else 1.0)
+
+
+@pytest.mark.s3
+def test_vision_language_weights_load_from_s3_and_a_local_directory(s3_env, s3_bucket):
+    from ray_sticker import storage
+    from ray_sticker.mllm.loading import generate_texts
+    from ray_sticker.mllm.tiny import builtin_dir
+
+    local = builtin_dir("builtin:tiny-llava")
+    storage.upload_dir(local, f"{s3_bucket}/models/tiny-llava")
+    image = [[np.full((32, 32, 3), 90, np.uint8)]]
+    answers_by_source = []
+    for uri in (f"{s3_bucket}/models/tiny-llava", local):
+        model, processor = load_vlm(uri)
+        answers_by_source.append(generate_texts(model, processor, ["describe the gesture"], image, max_new_tokens=4))
+    assert answers_by_source[0] == answers_by_source[1]  # the same weights, wherever they came from
+    with pytest.raises(FileNotFoundError, match=f"not found on S3 endpoint .*{s3_bucket}/models/missing"):
+        load_vlm(f"{s3_bucket}/models/missing")
