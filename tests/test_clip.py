@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ray_sticker.models.clip import ClipDualEncoder, build_clip_model, eos_positions
-from ray_sticker.models.encoders import TINY_TOKENIZER, load_tokenizer, tiny_vocab_size
+from ray_sticker.data.text import TINY_TOKENIZER, load_tokenizer, tiny_vocab_size
 from ray_sticker.models.layers import ImageNormalize
 from ray_sticker.models.registry import build_model, get_model_config, list_archs, list_models
 

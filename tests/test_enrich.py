@@ -134,7 +134,7 @@ def test_plan_fails_before_ray_naming_the_problem(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_sticker_descriptions_on_s3_published_and_read_by_the_pool_loader(ray_cluster, s3_env, s3_bucket):
     from ray_sticker.data.pipeline import PoolSpec, TextInput, load_sticker_pool, read_sticker_ids
-    from ray_sticker.models.encoders import TINY_TOKENIZER
+    from ray_sticker.data.text import TINY_TOKENIZER
 
     uri = f"{s3_bucket}/datasets/select"
     make_select_dataset(uri, num_rows=16, stickers_per_pair=1)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ray_sticker.models import registry
-from ray_sticker.models.encoders import load_tokenizer
+from ray_sticker.data.text import load_tokenizer
 from ray_sticker.models.intra import AttributeCrossAttention, IntRA, hinge_retrieval_loss
 from ray_sticker.models.registry import build_model, get_model_config
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from ray_sticker.data import synthetic
 from ray_sticker.data.pipeline import PreprocessSpec, preprocess_batch
 from ray_sticker.models import registry
-from ray_sticker.models.encoders import TINY_TOKENIZER, TextTower, VisionTower, load_tokenizer, tiny_vocab_size
+from ray_sticker.data.text import TINY_TOKENIZER, load_tokenizer, tiny_vocab_size
+from ray_sticker.models.encoders import TextTower, VisionTower
 from ray_sticker.models.layers import CLIP_MEAN, CLIP_STD, ImageNormalize
 from ray_sticker.models.m2sa import PooledFusionClassifier
 from ray_sticker.models.output import ModelOutput

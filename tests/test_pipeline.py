@@ -15,7 +15,7 @@ from ray_sticker.data.pipeline import (
     preprocess_batch,
     split_schema,
 )
-from ray_sticker.models.encoders import TINY_TOKENIZER, load_tokenizer
+from ray_sticker.data.text import TINY_TOKENIZER, load_tokenizer
 from ray_sticker.train.trainer import check_inputs
 
 SIZE, LENGTH = 16, 20

@@ -18,7 +18,7 @@ from ray_sticker.data.pipeline import (
     preprocess_batch,
     read_sticker_ids,
 )
-from ray_sticker.models.encoders import TINY_TOKENIZER, load_tokenizer
+from ray_sticker.data.text import TINY_TOKENIZER, load_tokenizer
 
 K = synthetic_select.NUM_CANDIDATES
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ray_sticker import storage
-from ray_sticker.models.encoders import TINY_TOKENIZER, TextTower, VisionTower, load_tokenizer
+from ray_sticker.data.text import TINY_TOKENIZER, load_tokenizer
+from ray_sticker.models.encoders import TextTower, VisionTower
 
 TINY_BERT = {"model_type": "bert", "vocab_size": "tokenizer", "hidden_size": 32, "num_hidden_layers": 2,
              "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}

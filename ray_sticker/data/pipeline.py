@@ -166,7 +166,7 @@ def decode_texts(data) -> list:
 
 def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], n: int) -> dict[str, np.ndarray]:
     """Token ids and masks of every text input (raw inputs: their bytes; see :class:`TextInput`)."""
-    from ray_sticker.models.encoders import load_tokenizer
+    from ray_sticker.data.text import load_tokenizer
 
     out: dict[str, np.ndarray] = {}
     for t in texts:

@@ -22,11 +22,11 @@ from ray_sticker.mllm import tiny
 
 def model_location(uri: str) -> str:
     """A path or hub name ``from_pretrained`` accepts."""
-    from ray_sticker.models.encoders import _weights_location
+    from ray_sticker.data.text import weights_location
 
     if tiny.is_builtin(uri):
         return tiny.builtin_dir(uri)
-    return _weights_location(uri)
+    return weights_location(uri)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -30,7 +30,7 @@ COMET_RELATIONS = ("xIntent", "xNeed", "xWant", "xEffect", "xReact", "oWant", "o
 def _tokenizer(extra: list[str]):
     import transformers
 
-    from ray_sticker.models.encoders import tiny_tokenizer_dir
+    from ray_sticker.data.text import tiny_tokenizer_dir
 
     tok = transformers.BertTokenizerFast.from_pretrained(tiny_tokenizer_dir(), do_lower_case=True)
     tok.add_special_tokens({"additional_special_tokens": extra})

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_sticker.models import losses
-from ray_sticker.models.encoders import _weights_location, load_tokenizer, tokenizer_name
+from ray_sticker.data.text import load_tokenizer, tokenizer_name, weights_location
 from ray_sticker.models.layers import ImageNormalize, model_dtype
 from ray_sticker.models.output import ModelOutput
 from ray_sticker.models.registry import register
@@ -118,7 +118,7 @@ def build_clip_model(spec: dict[str, Any]) -> nn.Module:
     if spec.get("pretrained", False):
         if not spec.get("hf_model_name"):
             raise ValueError("clip: pretrained=true needs 'hf_model_name'")
-        model = transformers.CLIPModel.from_pretrained(_weights_location(spec["hf_model_name"]))
+        model = transformers.CLIPModel.from_pretrained(weights_location(spec["hf_model_name"]))
         if "eos_token_id" in text_cfg:  # the hub config may carry the legacy value 2
             model.text_model.config.eos_token_id = model.text_model.eos_token_id = int(text_cfg["eos_token_id"])
         return model

@@ -24,16 +24,14 @@ CLIP's projection), with ``D = tower.width``.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from ray_sticker import storage
-
-TINY_TOKENIZER = "builtin:tiny"
+# Tokenizers live in a torch-free module (Ray Data workers tokenize without importing torch).
+from ray_sticker.data.text import load_tokenizer, tokenizer_name, weights_location
 
 
 class TextTower(nn.Module):
@@ -46,7 +44,7 @@ class TextTower(nn.Module):
         if spec.get("pretrained", False):
             if not name:
                 raise ValueError("text tower: pretrained=true needs 'hf_model_name'")
-            self.encoder = transformers.AutoModel.from_pretrained(_weights_location(name))
+            self.encoder = transformers.AutoModel.from_pretrained(weights_location(name))
         else:
             if "hf_config" not in spec:
                 raise ValueError("text tower: random init needs 'hf_config' (the architecture)")
@@ -122,16 +120,8 @@ def vision_image_size(spec: dict[str, Any]) -> int:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-def _weights_location(uri: str) -> str:
-    """Hub names pass through; local paths are expanded; s3:// objects are cached locally."""
-    if storage.is_s3(uri):
-        return storage.local_copy(uri)
-    expanded = os.path.expanduser(uri)
-    return expanded if os.path.exists(expanded) else uri
-
-
 def _load_open_clip_visual(visual: nn.Module, name: str | None, pretrained: str) -> None:
-    location = _weights_location(pretrained)
+    location = weights_location(pretrained)
     if os.path.exists(location):
         state = torch.load(location, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
@@ -153,61 +143,3 @@ def _load_open_clip_visual(visual: nn.Module, name: str | None, pretrained: str)
         raise ValueError(
             f"vision weights {pretrained} do not match {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-
-
-# ---------------------------------------------------------------------------- tokenizers
-
-_TINY_WORDS = (
-    "the a an and or but so to of in on at for with my your our their this that it is was "
-    "are were be been today yesterday tomorrow day night morning evening friends family home "
-    "work school city train coffee tea food rain sun weather we you they he she i me us went "
-    "saw felt feel got have had very really quite just not no yes"
-).split()
-
-
-def _tiny_vocab() -> list[str]:
-    from ray_sticker.data.synthetic import VOCABULARY
-    from ray_sticker.data.synthetic_select import VOCABULARY as SELECT_VOCABULARY
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    punct = list(".,!?'\"-:;()#@&")
-    words = sorted(set(_TINY_WORDS) | set(VOCABULARY) | set(SELECT_VOCABULARY))
-    return specials + chars + ["##" + c for c in chars] + punct + [w for w in words if w not in chars]
-
-
-def tiny_tokenizer_dir() -> str:
-    """Write the project's offline WordPiece vocabulary (once) and return its directory."""
-    from ray_sticker.config import default_home
-
-    vocab = _tiny_vocab()
-    out = os.path.join(default_home(), "tokenizers", f"tiny-{len(vocab)}")
-    path = os.path.join(out, "vocab.txt")
-    if not os.path.exists(path):
-        os.makedirs(out, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write("\n".join(vocab) + "\n")
-        os.replace(tmp, path)
-    return out
-
-
-def tiny_vocab_size() -> int:
-    return len(_tiny_vocab())
-
-
-@functools.lru_cache(maxsize=8)
-def load_tokenizer(name: str):
-    """A tokenizer by hub name, local directory, s3:// URI or ``builtin:tiny`` (offline)."""
-    import transformers
-
-    if name == TINY_TOKENIZER:
-        return transformers.BertTokenizerFast.from_pretrained(tiny_tokenizer_dir(), do_lower_case=True)
-    return transformers.AutoTokenizer.from_pretrained(_weights_location(name))
-
-
-def tokenizer_name(text_spec: dict[str, Any]) -> str:
-    name = text_spec.get("tokenizer") or text_spec.get("hf_model_name")
-    if not name:
-        raise ValueError("text tower needs 'tokenizer' or 'hf_model_name'")
-    return name

@@ -85,7 +85,7 @@ def model_image_size(model_cfg: dict[str, Any]) -> int | None:
 
 def text_inputs(cfg: ExperimentConfig, model_cfg: dict[str, Any], key: str = "text_inputs") -> tuple[TextInput, ...]:
     """The model's declared text inputs (see models/output.py) resolved to tokenizers and lengths."""
-    from ray_sticker.models.encoders import tokenizer_name
+    from ray_sticker.data.text import tokenizer_name
 
     specs = model_cfg.get(key)
     if specs is None:
