@@ -17,21 +17,22 @@ def test_mllm_fine_tunes_under_zero3_restores_and_evaluates_zero_shot(ray_cluste
     common = [f"data.uri={data}", "data.synthetic_if_missing=false", f"train.storage_path={tmp_path / 'runs'}",
               "train.run_name=mllm", "deepspeed.zero_stage=3", "train.log_every_steps=1000",
               "deepspeed.offload_optimizer=true", "deepspeed.offload_param=true"]  # ZeRO-Offload to CPU memory
-    first = run_training(load_config("mllm-tiny", [*common, "train.epochs=2"]))
-    e0, e1 = first.history
-    assert e1["zero_stage"] == 3 and e1["world_size"] == 2
-    total, per_rank = e1["params_total"], e1["params_per_rank"]
+    first = run_training(load_config("mllm-tiny", [*common, "train.epochs=1"]))
+    (e0,) = first.history
+    assert e0["zero_stage"] == 3 and e0["world_size"] == 2
+    total, per_rank = e0["params_total"], e0["params_per_rank"]
     assert len(per_rank) == 2 and all(n < total for n in per_rank) and sum(per_rank) >= total  # partitioned
+    assert e0["val_examples"] == 50
+    assert 0 <= e0.get("val_unparsed", 0) <= 50  # unreadable answers are counted (wrong), not dropped
+
+    # Restore: the run continues from its epoch-0 checkpoint (trained weights, optimizer state)
+    # instead of starting over, and the loss keeps going down.
+    second = run_training(load_config("mllm-tiny", [*common, "train.epochs=2"]))
+    assert second.start_epoch == 1 and len(second.history) == 2
+    e1 = second.history[-1]
+    assert e1["global_step"] == 2 * e0["global_step"]
     assert e1["train_loss"] < e0["train_loss"] * 0.5, (e0["train_loss"], e1["train_loss"])
     assert e1["val_loss"] < e0["val_loss"]
-    assert e1["val_examples"] == 50
-    assert 0 <= e1.get("val_unparsed", 0) <= 50  # unreadable answers are counted (wrong), not dropped
-
-    # Restore: the run continues from its epoch-1 checkpoint instead of starting over.
-    second = run_training(load_config("mllm-tiny", [*common, "train.epochs=3"]))
-    assert second.start_epoch == 2 and len(second.history) == 3
-    assert second.history[-1]["global_step"] > e1["global_step"]
-    assert second.history[-1]["train_loss"] <= e1["train_loss"] * 1.5
 
     # Zero-shot: evaluation only, generated answers parsed; unreadable ones counted, not dropped.
     zero = run_training(load_config("mllm-tiny", [f"data.uri={data}", "data.synthetic_if_missing=false",

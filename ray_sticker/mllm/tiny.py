@@ -128,9 +128,9 @@ def builtin_dir(uri: str) -> str:
     """The directory of a ``builtin:<name>`` model, built once (atomically) under
     ``$RAY_STICKER_HOME/models``; the same seed gives the same weights everywhere."""
     import shutil
+    import subprocess
+    import sys
     import tempfile
-
-    import torch
 
     from ray_sticker.config import default_home
 
@@ -145,13 +145,16 @@ def builtin_dir(uri: str) -> str:
         os.makedirs(root, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
         try:
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                BUILDERS[name](tmp)
+            # A process of its own: inside a distributed worker (a torch process group), transformers
+            # writes model files on rank 0 only, and the caller's random state stays untouched.
+            subprocess.run([sys.executable, "-m", "ray_sticker.mllm.tiny", name, tmp], check=True,
+                           capture_output=True, text=True)
             if not os.path.exists(os.path.join(tmp, "config.json")):
                 raise RuntimeError(f"building {uri} wrote no config.json into {tmp}")
             open(os.path.join(tmp, _COMPLETE), "w").close()
             os.rename(tmp, final)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"building {uri} failed: {exc.stderr.strip()[-2000:]}") from None
         except OSError:
             if not os.path.isdir(final):  # else another process published it first
                 raise
@@ -161,3 +164,12 @@ def builtin_dir(uri: str) -> str:
 
 
 _COMPLETE = ".complete"  # written last into a finished build
+
+
+if __name__ == "__main__":  # python -m ray_sticker.mllm.tiny NAME OUT_DIR (see builtin_dir)
+    import sys
+
+    import torch
+
+    torch.manual_seed(0)
+    BUILDERS[sys.argv[1]](sys.argv[2])
