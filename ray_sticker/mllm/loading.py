@@ -85,25 +85,32 @@ def user_message(text: str, images: int = 1) -> list[dict[str, Any]]:
 def vlm_inputs(processor, prompts: Sequence[str], images: Sequence[Sequence[np.ndarray]], model,
                answers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Model inputs of a batch: each prompt with its images (HWC uint8 arrays) in one user
-    turn, rendered by the model's chat template. With ``answers`` the answer follows the
-    generation prompt and ``labels`` mark only its tokens (-100 elsewhere), for training."""
+    turn, rendered by the model's chat template, padded on the left (for generation). With
+    ``answers`` the answer follows the generation prompt, the batch is padded on the right
+    (every sequence starts at position 0, so a row's loss does not depend on the padding its
+    batch needs) and ``labels`` mark only the answer's tokens (-100 elsewhere), for training."""
     texts = [processor.apply_chat_template(user_message(p, len(imgs)), add_generation_prompt=True)
              for p, imgs in zip(prompts, images)]
+    tok = processor.tokenizer
     answer_lengths = None
     if answers is not None:
-        tok = processor.tokenizer
         eos = tok.eos_token or ""
         texts = [t + a + eos for t, a in zip(texts, answers)]
         answer_lengths = [len(tok(a + eos, add_special_tokens=False)["input_ids"]) for a in answers]
     flat = [img for imgs in images for img in imgs]
-    enc = processor(text=texts, images=flat or None, return_tensors="pt", padding=True)
+    side = tok.padding_side
+    tok.padding_side = "left" if answers is None else "right"
+    try:
+        enc = processor(text=texts, images=flat or None, return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = side
     accepted = _forward_args(model)
     out = {k: v for k, v in enc.items() if k in accepted and isinstance(v, torch.Tensor)}
     if answer_lengths is not None:
-        # Left padding: the answer is the last n tokens, before any the tokenizer appends itself.
-        end = out["input_ids"].shape[1] - _appended_specials(processor.tokenizer)
+        # The answer is the last n tokens of each row, before any the tokenizer appends itself.
+        ends = out["attention_mask"].sum(dim=1) - _appended_specials(tok)
         labels = torch.full_like(out["input_ids"], -100)
-        for i, n in enumerate(answer_lengths):
+        for i, (n, end) in enumerate(zip(answer_lengths, ends.tolist())):
             labels[i, end - n:end] = out["input_ids"][i, end - n:end]
         out["labels"] = labels
     return out

@@ -129,7 +129,6 @@ def builtin_dir(uri: str) -> str:
     ``$RAY_STICKER_HOME/models``; the same seed gives the same weights everywhere."""
     import shutil
     import subprocess
-    import sys
     import tempfile
 
     from ray_sticker.config import default_home
@@ -145,10 +144,7 @@ def builtin_dir(uri: str) -> str:
         os.makedirs(root, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
         try:
-            # A process of its own: inside a distributed worker (a torch process group), transformers
-            # writes model files on rank 0 only, and the caller's random state stays untouched.
-            subprocess.run([sys.executable, "-m", "ray_sticker.mllm.tiny", name, tmp], check=True,
-                           capture_output=True, text=True)
+            _build(name, tmp)
             if not os.path.exists(os.path.join(tmp, "config.json")):
                 raise RuntimeError(f"building {uri} wrote no config.json into {tmp}")
             open(os.path.join(tmp, _COMPLETE), "w").close()
@@ -164,6 +160,25 @@ def builtin_dir(uri: str) -> str:
 
 
 _COMPLETE = ".complete"  # written last into a finished build
+
+
+def _build(name: str, out: str) -> None:
+    """Build with seed 0, leaving the caller's random state alone. Inside a torch process group
+    (a Ray Train worker) transformers writes model files on rank 0 only: build in a process of
+    its own there."""
+    import subprocess
+    import sys
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        subprocess.run([sys.executable, "-m", "ray_sticker.mllm.tiny", name, out], check=True,
+                       capture_output=True, text=True)
+        return
+    with torch.random.fork_rng(), torch.device("cpu"):  # real weights even inside a meta-device context
+        torch.manual_seed(0)
+        BUILDERS[name](out)
 
 
 if __name__ == "__main__":  # python -m ray_sticker.mllm.tiny NAME OUT_DIR (see builtin_dir)

@@ -61,6 +61,7 @@ def _mark_towers(model: nn.Module) -> None:
 class MLLMBaseline(nn.Module):
     def __init__(self, cfg: dict[str, Any]):
         super().__init__()
+        self.config = cfg
         self.task = cfg.get("task", "classify")
         self.heads_spec = dict(cfg.get("heads", {}))
         if self.task == "classify" and not self.heads_spec:
