@@ -45,11 +45,11 @@ from ray_sticker import storage
 from ray_sticker.config import ConfigError
 from ray_sticker.data import schema
 from ray_sticker.data.convert.runner import VERSION_PREFIX
+from ray_sticker.enrich.annotators import ERROR_COLUMN, annotator_class
 from ray_sticker.enrich.spec import WORK_SUBDIR, EnrichSpec
 
 log = logging.getLogger("ray_sticker.enrich")
 
-ERROR_COLUMN = "enrich_error"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 RUN_FILE = "run.json"
 _FIRST_ERRORS = 3  # rows named in messages and kept in the report
@@ -163,8 +163,6 @@ def _table_dirs(spec: EnrichSpec, manifest: schema.Manifest, table: str, root: s
 
 def plan(spec: EnrichSpec) -> Plan:
     """Everything checked before a model loads or Ray starts (see module doc)."""
-    from ray_sticker.enrich.annotators import annotator_class
-
     spec = spec if spec.work_dir else spec.resolved()
     cls = annotator_class(spec.annotator)
     manifest = schema.read_manifest(spec.dataset)
