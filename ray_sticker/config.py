@@ -47,11 +47,17 @@ class DataConfig(_Section):
     eval_split: str = "validation"
     image_size: int = Field(default=224, gt=0)
     max_text_length: int = Field(default=128, gt=0, description="tokens, truncation beyond")
-    augment: bool = Field(default=True, description="random resized crop + flip on train images")
+    augment: bool = Field(default=True, description="random resized crop + flip of train images, on the worker, "
+                                                   "seeded by (train.seed, epoch, rank)")
     max_corrupt_fraction: float = Field(
         default=0.01, ge=0.0, le=1.0, description="fail the run when more rows are skipped"
     )
     preprocess_batch_size: int = Field(default=64, gt=0)
+    deterministic: bool = Field(
+        default=True,
+        description="rows reach each worker in file order (Ray Data preserve_order), so the same seed and "
+                    "number of workers give the same batches and metrics; false lets faster blocks overtake",
+    )
     num_candidates: int | None = Field(
         default=None, ge=2,
         description="selection: candidates per example (default: the dataset's, else 10); rows without "

@@ -28,7 +28,7 @@ def evaluate_export(uri: str, data_uri: str | None = None, split: str = "test", 
         raise ValueError(f"dataset {cfg.data.uri} has no split '{split}'; it has {sorted(manifest.splits)}")
     select = cfg.task == "select"
     sticker_ids = tuple(read_sticker_ids(cfg.data.uri)) if select else ()
-    spec = preprocess_spec(cfg, model.config, manifest, train=False, sticker_ids=sticker_ids)
+    spec = preprocess_spec(cfg, model.config, manifest, sticker_ids)
     pool = None
     if select:
         arrays = load_sticker_pool(cfg.data.uri, pool_spec(cfg, model.config), list(sticker_ids),
@@ -36,7 +36,7 @@ def evaluate_export(uri: str, data_uri: str | None = None, split: str = "test", 
         pool = {k: torch.from_numpy(v) for k, v in arrays.items()}
     full_pool = select and cfg.data.eval_candidates == "pool"
     init_ray(address)
-    ds = build_dataset(cfg.data.uri, split, spec, train=False, batch_size=cfg.data.preprocess_batch_size)
+    ds = build_dataset(cfg.data.uri, split, spec, batch_size=cfg.data.preprocess_batch_size)
     heads = dict(model.heads_spec)
     acc = Evaluation(heads, select=select, pool_relevance=pool["intent"].numpy() if full_pool else None)
     skipped: dict[str, int] = {}

@@ -283,7 +283,7 @@ def _train_steps_in_process(cfg) -> int:
                                    cfg.data.max_corrupt_fraction)
         pool = {k: torch.from_numpy(v) for k, v in arrays.items()}
     ds = build_dataset(cfg.data.uri, cfg.data.train_split,
-                       preprocess_spec(cfg, model_cfg, manifest, True, sticker_ids), train=True)
+                       preprocess_spec(cfg, model_cfg, manifest, sticker_ids))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     steps = 0
     for batch in ds.iter_torch_batches(batch_size=cfg.train.batch_size):

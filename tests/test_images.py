@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ray_sticker.data.images import ImageDecodeError, decode_image, eval_transform, train_transform
+from ray_sticker.data.images import ImageDecodeError, decode_image, eval_transform
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -60,5 +60,3 @@ def test_transforms_shape_and_dtype():
     img = Image.new("RGB", (40, 30), (9, 8, 7))
     e = eval_transform(img, 16)
     assert e.shape == (3, 16, 16) and e.dtype == np.uint8 and e[0, 0, 0] == 9
-    t = train_transform(img, 16, np.random.default_rng(0))
-    assert t.shape == (3, 16, 16) and t.dtype == np.uint8

@@ -204,10 +204,10 @@ def test_zero_shot_evaluation_of_the_built_model_runs_and_parses(tmp_path):
     make_classify_dataset(data, num_rows=160, image_size=32, seed=2)  # 20 validation rows
     cfg = load_config("mllm-tiny", [f"data.uri={data}", "train.epochs=0"])
     manifest, model_cfg, _ = check_inputs(cfg)
-    spec = preprocess_spec(cfg, model_cfg, manifest, train=False)
+    spec = preprocess_spec(cfg, model_cfg, manifest)
     table = pads.dataset(schema.split_uri(schema.tables_uri(data), "validation"), format="parquet").to_table(
         columns=spec.columns())
-    rows = preprocess_batch({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}, spec, False)
+    rows = preprocess_batch({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}, spec)
     model = build_from_config(model_cfg).eval()
     acc = Evaluation(dict(model.heads_spec), select=False)
     with torch.no_grad():

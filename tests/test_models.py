@@ -27,7 +27,7 @@ def batch() -> dict[str, torch.Tensor]:
     table = synthetic.classify_rows(B, seed=11, image_size=40)
     np_batch = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
     spec = PreprocessSpec(labels=(("sentiment", 3),), tokenizer=TINY_TOKENIZER, max_text_length=24, image_size=32)
-    out = preprocess_batch(np_batch, spec, train=False)
+    out = preprocess_batch(np_batch, spec)
     assert not out.pop("skip").any()
     return {k: torch.from_numpy(v) for k, v in out.items()}
 

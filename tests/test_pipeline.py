@@ -34,7 +34,7 @@ def rows():
 
 
 def test_outputs_keys_dtypes_and_shapes(rows):
-    out = preprocess_batch(_batch(rows), SPEC, train=False)
+    out = preprocess_batch(_batch(rows), SPEC)
     n = rows.num_rows
     assert set(out) == {"pixel_values", "input_ids", "attention_mask", "label_sentiment", "skip"}
     assert out["pixel_values"].dtype == np.uint8 and out["pixel_values"].shape == (n, 3, SIZE, SIZE)
@@ -51,17 +51,11 @@ def test_outputs_keys_dtypes_and_shapes(rows):
     assert (out["attention_mask"].sum(axis=1) >= 7).all()  # [CLS] + >= 5 words + [SEP]
 
 
-def test_eval_is_deterministic_and_train_augment_differs(rows):
-    a = preprocess_batch(_batch(rows), SPEC, train=False)
-    b = preprocess_batch(_batch(rows), SPEC, train=False)
-    np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
-    aug = PreprocessSpec(labels=SPEC.labels, tokenizer=None, image_size=SIZE, augment=True)
-    c = preprocess_batch(_batch(rows), aug, train=True)
-    assert c["pixel_values"].shape == a["pixel_values"].shape
-    assert not np.array_equal(c["pixel_values"], a["pixel_values"])
-    # augment only applies to training batches
-    d = preprocess_batch(_batch(rows), aug, train=False)
-    np.testing.assert_array_equal(d["pixel_values"], a["pixel_values"])
+def test_preprocessing_is_deterministic(rows):
+    a = preprocess_batch(_batch(rows), SPEC)
+    b = preprocess_batch(_batch(rows), SPEC)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_skip_codes_for_unusable_rows(rows):
@@ -73,7 +67,7 @@ def test_skip_codes_for_unusable_rows(rows):
     data["sentiment"][5] = -1
     data["sentiment"][6] = None
     table = schema.conform(pa.table(data), "examples")
-    out = preprocess_batch(_batch(table), SPEC, train=False)
+    out = preprocess_batch(_batch(table), SPEC)
     assert out["skip"].tolist() == [0, 1, 2, 2, 3, 3, 4, 0, 0, 0, 0, 0]
     labels = out["label_sentiment"]
     assert labels[4] == labels[5] == labels[6] == -1
@@ -91,7 +85,7 @@ def test_skip_codes_with_object_label_column(rows):
     """A label column holding Python objects (None for missing) is handled like nulls."""
     batch = _batch(rows.slice(0, 3))
     batch["sentiment"] = np.array([None, 1, 5], dtype=object)
-    out = preprocess_batch(batch, SPEC, train=False)
+    out = preprocess_batch(batch, SPEC)
     assert out["skip"].tolist() == [4, 0, 3]
     assert out["label_sentiment"].tolist() == [-1, 1, -1]
 
@@ -106,7 +100,7 @@ def test_text_only_and_image_only_specs(rows):
     text_only = PreprocessSpec(labels=SPEC.labels, tokenizer=TINY_TOKENIZER, max_text_length=LENGTH, use_image=False)
     batch = _batch(rows)
     del batch["image"]  # the text-only model does not read images at all
-    out = preprocess_batch(batch, text_only, train=False)
+    out = preprocess_batch(batch, text_only)
     assert "pixel_values" not in out
     assert out["input_ids"].shape == (rows.num_rows, LENGTH)
     assert text_only.columns() == ["example_id", "context", "sentiment"]
@@ -114,7 +108,7 @@ def test_text_only_and_image_only_specs(rows):
     image_only = PreprocessSpec(labels=SPEC.labels, tokenizer=None, image_size=SIZE)
     batch = _batch(rows)
     del batch["context"]
-    out = preprocess_batch(batch, image_only, train=False)
+    out = preprocess_batch(batch, image_only)
     assert "input_ids" not in out and "attention_mask" not in out
     assert out["pixel_values"].shape == (rows.num_rows, 3, SIZE, SIZE)
     assert image_only.columns() == ["example_id", "image", "sentiment"]
@@ -128,7 +122,7 @@ def test_context_turns_are_joined_with_sep():
         "sentiment": pa.array([1, 0], pa.int32()),
     }), "examples")
     spec = PreprocessSpec(labels=SPEC.labels, tokenizer=TINY_TOKENIZER, max_text_length=10, use_image=False)
-    out = preprocess_batch(_batch(table), spec, train=False)
+    out = preprocess_batch(_batch(table), spec)
     tok = load_tokenizer(TINY_TOKENIZER)
     ids = tok.convert_tokens_to_ids(["[CLS]", "my", "friends", "[SEP]", "sunny", "day", "[SEP]"])
     assert out["input_ids"][0].tolist() == ids + [tok.pad_token_id] * 3
@@ -141,7 +135,7 @@ def test_long_text_is_truncated_to_max_length():
     table = schema.conform(pa.table({"example_id": ["a"], "split": ["train"], "context": [[words]],
                                      "sentiment": pa.array([0], pa.int32())}), "examples")
     spec = PreprocessSpec(labels=SPEC.labels, tokenizer=TINY_TOKENIZER, max_text_length=8, use_image=False)
-    out = preprocess_batch(_batch(table), spec, train=False)
+    out = preprocess_batch(_batch(table), spec)
     tok = load_tokenizer(TINY_TOKENIZER)
     assert out["input_ids"].shape == (1, 8)
     assert out["attention_mask"].tolist() == [[1] * 8]

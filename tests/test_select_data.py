@@ -87,7 +87,7 @@ def test_pipeline_candidate_indices_and_targets(dataset):
     spec = PreprocessSpec(labels=(), aux_labels=(("emotion", 7),), tokenizer=TINY_TOKENIZER, max_text_length=32,
                           num_candidates=K, sticker_ids=tuple(ids))
     assert spec.columns() == ["example_id", "context", "sticker_id", "candidate_ids", "emotion"]
-    out = preprocess_batch(_batch(table), spec, train=True)
+    out = preprocess_batch(_batch(table), spec)
     assert not out["skip"].any()
     assert out["candidate_idx"].shape == (table.num_rows, K) and "pixel_values" not in out
     for i, row in enumerate(table.to_pylist()):
@@ -107,12 +107,12 @@ def test_pipeline_draws_candidates_for_rows_without_and_skips_bad_rows(dataset):
     batch["emotion"] = np.array([1, None, 2, 3, 4, 99], dtype=object)
     spec = PreprocessSpec(labels=(), aux_labels=(("emotion", 7),), num_candidates=K, sticker_ids=ids, seed=3,
                           use_image=False)
-    out = preprocess_batch(batch, spec, train=False)
+    out = preprocess_batch(batch, spec)
     assert out["skip"].tolist() == [0, 0, 7, 5, 5, 3]
     assert out["label_emotion"][:2].tolist() == [1, -1]  # an optional label may be missing
     drawn = [ids[j] for j in out["candidate_idx"][0]]
     assert len(set(drawn)) == K and drawn[out["target"][0]] == batch["sticker_id"][0]
-    again = preprocess_batch(batch, spec, train=False)  # seeded by example id: stable
+    again = preprocess_batch(batch, spec)  # seeded by example id: stable
     np.testing.assert_array_equal(again["candidate_idx"][:2], out["candidate_idx"][:2])
     assert count_skips(out["skip"]) == {"wrong number of candidates": 1, "unknown sticker id": 2,
                                         "label outside the label map": 1}
@@ -125,7 +125,7 @@ def test_separate_and_gated_text_inputs(dataset):
     spec = PreprocessSpec(labels=(), use_image=False, texts=(
         TextInput("text", ("context", "comet_xReact"), TINY_TOKENIZER, 40),
         TextInput("knowledge", rel, TINY_TOKENIZER, 8, separate=True)))
-    out = preprocess_batch(_batch(table), spec, train=False)
+    out = preprocess_batch(_batch(table), spec)
     assert out["knowledge_input_ids"].shape == (3, 4, 8)
     tok = load_tokenizer(TINY_TOKENIZER)
     first = tok.decode(out["knowledge_input_ids"][0, 0], skip_special_tokens=True)

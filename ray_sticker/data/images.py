@@ -1,4 +1,4 @@
-"""Image decoding and the train/eval transforms, on PIL + numpy (cheap in Ray Data tasks).
+"""Image decoding and resizing, on PIL + numpy (cheap in Ray Data tasks).
 
 Stickers come as PNG/JPEG/GIF/WebP in every mode: animated images give their first frame,
 transparency is composited on a white background, palette/grayscale/CMYK become RGB.
@@ -48,27 +48,6 @@ def eval_transform(img: Image.Image, size: int) -> np.ndarray:
     img = img.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def train_transform(img: Image.Image, size: int, rng: np.random.Generator,
-                    scale: tuple[float, float] = (0.7, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
-    """Random resized crop + horizontal flip; uint8 CHW."""
-    w, h = img.size
-    area = w * h
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-        cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
-        if 0 < cw <= w and 0 < ch <= h:
-            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            break
-    else:
-        cw, ch = min(w, h), min(w, h)
-        left, top = (w - cw) // 2, (h - ch) // 2
-    img = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC)
-    if rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 

@@ -1,4 +1,4 @@
-"""Ray Data ingest: canonical Parquet -> decoded, augmented, tokenized numpy batches.
+"""Ray Data ingest: canonical Parquet -> decoded, resized, tokenized numpy batches.
 
 ``read_split`` checks the split's schema up front (a missing column fails naming it),
 then streams it with ``ray.data.read_parquet``. ``preprocess_batch`` runs in Ray Data
@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 
 from ray_sticker import storage
 from ray_sticker.data import schema
-from ray_sticker.data.images import ImageDecodeError, decode_image, eval_transform, train_transform
+from ray_sticker.data.images import ImageDecodeError, decode_image, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,6 @@ class PreprocessSpec:
     max_text_length: int = 128
     use_image: bool = True
     image_size: int = 224
-    augment: bool = False
     text_column: str = "context"
     image_column: str = "image"
     texts: tuple[TextInput, ...] = ()
@@ -233,8 +232,9 @@ def _candidates(batch: dict[str, np.ndarray], spec: PreprocessSpec, skip: np.nda
     return {"candidate_idx": idx, "target": target}
 
 
-def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, train: bool) -> dict[str, np.ndarray]:
-    """One numpy batch of canonical rows -> model inputs (see module docstring)."""
+def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
+    """One numpy batch of canonical rows -> model inputs (see module docstring). The same for
+    training and evaluation: training augmentation happens on the worker (train/augment.py)."""
     n = len(batch["example_id"])
     skip = np.zeros(n, dtype=np.int8)
     out: dict[str, np.ndarray] = {}
@@ -247,7 +247,6 @@ def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, train: 
     elif spec.use_image:
         size = spec.image_size
         pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
-        rng = np.random.default_rng() if train and spec.augment else None
         for i, data in enumerate(batch[spec.image_column]):
             if data is None or len(data) == 0:
                 skip[i] = skip[i] or 2
@@ -258,18 +257,18 @@ def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec, train: 
                 skip[i] = skip[i] or 1
                 log.warning("skipping example %s: %s", batch["example_id"][i], exc)
                 continue
-            pixels[i] = train_transform(img, size, rng) if rng is not None else eval_transform(img, size)
+            pixels[i] = eval_transform(img, size)
         out["pixel_values"] = pixels
     out.update(tokenize_inputs(batch, spec.texts, n))
     out["skip"] = skip
     return out
 
 
-def build_dataset(uri: str, split: str, spec: PreprocessSpec, train: bool, batch_size: int = 64):
+def build_dataset(uri: str, split: str, spec: PreprocessSpec, batch_size: int = 64):
     ds = read_split(uri, split, spec.columns())
     return ds.map_batches(
         preprocess_batch,
-        fn_kwargs={"spec": spec, "train": train},
+        fn_kwargs={"spec": spec},
         batch_size=batch_size,
         batch_format="numpy",
         zero_copy_batch=True,

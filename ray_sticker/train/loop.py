@@ -20,7 +20,9 @@ import torch
 
 from ray_sticker.config import ExperimentConfig, from_dict
 from ray_sticker.data.pipeline import SKIP_OK, DataQualityError, count_skips
+from ray_sticker.train import checkpoints as ckpt
 from ray_sticker.train import engine as ds_engine
+from ray_sticker.train.augment import epoch_seed, random_resized_crop_flip
 from ray_sticker.train.export import write_run_config
 from ray_sticker.train.evaluation import Evaluation, attach_candidates, compute_metrics, embed_pool, pool_scores
 from ray_sticker.train.metrics import gather_arrays
@@ -198,6 +200,30 @@ def _batch_from_any_rank(batch: dict[str, torch.Tensor] | None, pool: dict[str, 
     return attach_candidates(found, pool) if pool is not None else found
 
 
+def _resume(engine, cfg: ExperimentConfig, run_dir: str | None, rank: int, world: int) -> dict[str, Any] | None:
+    """The training state of the newest complete checkpoint, loaded into ``engine`` (see
+    train/checkpoints.py), or None when the run starts from the beginning."""
+    import ray.train
+
+    from ray_sticker.config import ConfigError
+
+    loaded: dict[str, Any] = {}
+
+    def load(local: str) -> None:
+        written = ckpt.world_size_of(local)
+        if written != world and cfg.deepspeed.zero_stage > 0:
+            raise ConfigError(f"checkpoint {local} holds ZeRO-{cfg.deepspeed.zero_stage} partitions of {written} "
+                              f"ranks; resume it with train.num_workers={written}, not {world}")
+        _, client = engine.load_checkpoint(local, tag="state")
+        loaded.update(client[CLIENT_STATE_KEY])
+
+    def agree(ok: bool) -> bool:
+        return _all_reduce_sum([0.0 if ok else 1.0])[0] == 0
+
+    name = ckpt.restore(ray.train.get_checkpoint(), run_dir, load, agree, rank)
+    return loaded if name is not None else None
+
+
 def _load_pool(loop_config: dict[str, Any], cfg: ExperimentConfig, device: torch.device):
     """The decoded sticker pool on ``device`` (selection), or None."""
     if cfg.task != "select":
@@ -240,16 +266,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                  cfg.deepspeed.zero_stage, precision, world)
 
     start_epoch, global_step, history = 0, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            _, client = engine.load_checkpoint(ckpt_dir, tag="state")
-        state = client[CLIENT_STATE_KEY]
+    state = _resume(engine, cfg, loop_config.get("run_dir"), rank, world)
+    if state is not None:
         start_epoch, global_step, history = state["epoch"] + 1, state["global_step"], state["history"]
         if rank == 0:
             log.info("resumed from epoch %d (global step %d)", state["epoch"], global_step)
 
     for epoch in range(start_epoch, cfg.train.epochs):
+        # Randomness is a function of (seed, epoch, rank): a resumed epoch repeats exactly.
+        set_seed(epoch_seed(cfg.train.seed, epoch, rank))
+        augment = torch.Generator(device=device).manual_seed(epoch_seed(cfg.train.seed, epoch, rank))
         shard = ray.train.get_dataset_shard("train")
         skips = SkipCounter()
         t_epoch = time.perf_counter()
@@ -267,6 +293,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             skips.add(codes)
             if pool is not None:
                 batch = attach_candidates(batch, pool)
+            if cfg.data.augment and "pixel_values" in batch:
+                batch["pixel_values"] = random_resized_crop_flip(batch["pixel_values"], augment)
             last_batch = batch
             out = engine(batch)
             loss = out.loss * 0.0 if empty else out.loss
@@ -317,10 +345,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             engine.save_checkpoint(tmp, tag="state", client_state=client)
             if rank == 0:
                 write_run_config(tmp, cfg, loop_config["model_config"], loop_config.get("label_maps", {}))
+            ckpt.write_manifest(tmp, rank, world, epoch)
             # Ray keeps rank 0's metrics (gathered over ranks); the others only mark the epoch.
             report = metrics if rank == 0 else {"epoch": epoch}
             ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"epoch-{epoch:04d}")
+                             checkpoint_dir_name=ckpt.checkpoint_dir_name(epoch))
 
     if cfg.train.epochs == 0:  # evaluation only (e.g. a zero-shot baseline)
         val, artifacts = evaluate(engine, ray.train.get_dataset_shard("validation"), cfg, device, None, pool)

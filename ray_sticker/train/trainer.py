@@ -129,7 +129,7 @@ def num_candidates(cfg: ExperimentConfig, manifest: schema.Manifest) -> int:
 
 
 def preprocess_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: schema.Manifest,
-                    train: bool, sticker_ids: tuple[str, ...] = ()) -> PreprocessSpec:
+                    sticker_ids: tuple[str, ...] = ()) -> PreprocessSpec:
     """What the pipeline must produce for this model; checks labels against label maps."""
     size = model_image_size(model_cfg)
     select = cfg.task == "select"
@@ -139,7 +139,6 @@ def preprocess_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: 
         texts=text_inputs(cfg, model_cfg),
         use_image=size is not None,
         image_size=cfg.data.image_size,
-        augment=cfg.data.augment and train,
         num_candidates=num_candidates(cfg, manifest) if select else 0,
         sticker_ids=tuple(sticker_ids),
         seed=cfg.train.seed,
@@ -178,7 +177,7 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]
         if len(sticker_ids) < k:
             raise ConfigError(f"the sticker pool of {cfg.data.uri} has {len(sticker_ids)} stickers, fewer than "
                               f"the {k} candidates per example")
-    spec = preprocess_spec(cfg, model_cfg, manifest, train=False, sticker_ids=sticker_ids)
+    spec = preprocess_spec(cfg, model_cfg, manifest, sticker_ids)
     for split in (cfg.data.train_split, cfg.data.eval_split):
         if split not in manifest.splits:
             raise ConfigError(f"dataset {cfg.data.uri} has no split '{split}'; it has {sorted(manifest.splits)}")
@@ -190,10 +189,14 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]
     return manifest, model_cfg, sticker_ids
 
 
-def _whole_eval_data_config(eval_name: str):
+def _whole_eval_data_config(eval_name: str, preserve_order: bool):
     """Train split equally (every worker steps the same number of times); the evaluation
-    set split with ``equal=False`` so that no row is dropped."""
+    set split with ``equal=False`` so that no row is dropped. ``preserve_order``: blocks reach
+    the workers in file order, so each rank sees the same rows in the same order every run."""
     from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = preserve_order
 
     class WholeEvalDataConfig(DataConfig):
         def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
@@ -206,7 +209,7 @@ def _whole_eval_data_config(eval_name: str):
                     out[i][eval_name] = split
             return out
 
-    return WholeEvalDataConfig()
+    return WholeEvalDataConfig(execution_options=options)
 
 
 def default_run_name(cfg: ExperimentConfig) -> str:
@@ -245,14 +248,13 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
     storage.ensure_bucket(cfg.train.storage_path)
     fs, storage_path = storage.resolve(cfg.train.storage_path)
 
+    spec = preprocess_spec(cfg, model_cfg, manifest, sticker_ids)
     datasets = {
-        "train": build_dataset(cfg.data.uri, cfg.data.train_split,
-                               preprocess_spec(cfg, model_cfg, manifest, True, sticker_ids),
-                               train=True, batch_size=cfg.data.preprocess_batch_size),
-        "validation": build_dataset(cfg.data.uri, cfg.data.eval_split,
-                                    preprocess_spec(cfg, model_cfg, manifest, False, sticker_ids),
-                                    train=False, batch_size=cfg.data.preprocess_batch_size),
+        "train": build_dataset(cfg.data.uri, cfg.data.train_split, spec, batch_size=cfg.data.preprocess_batch_size),
+        "validation": build_dataset(cfg.data.uri, cfg.data.eval_split, spec, batch_size=cfg.data.preprocess_batch_size),
     }
+    for ds in datasets.values():
+        ds.context.execution_options.preserve_order = cfg.data.deterministic
     if cfg.data.cache_eval:
         datasets["validation"] = datasets["validation"].materialize()
     trainer = TorchTrainer(
@@ -282,7 +284,7 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
             callbacks=list(callbacks or []),
         ),
         datasets=datasets,
-        dataset_config=_whole_eval_data_config("validation"),
+        dataset_config=_whole_eval_data_config("validation", cfg.data.deterministic),
     )
     log.info("run %s -> %s", name, run_dir)
     result = trainer.fit()
