@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ray_sticker.data import schema
@@ -40,10 +41,12 @@ def evaluate_export(uri: str, data_uri: str | None = None, split: str = "test", 
     heads = dict(model.heads_spec)
     acc = Evaluation(heads, select=select, pool_relevance=pool["intent"].numpy() if full_pool else None)
     skipped: dict[str, int] = {}
+    truncated = 0
     with torch.no_grad():
         sticker_emb = embed_pool(model, pool, batch_size) if full_pool else None
         for batch in ds.iter_torch_batches(batch_size=batch_size, drop_last=False):
             skip = batch.pop("skip").numpy()
+            truncated += int(np.count_nonzero(batch.pop("truncated").numpy()))
             for reason, n in count_skips(skip).items():
                 skipped[reason] = skipped.get(reason, 0) + n
             keep = torch.from_numpy(skip == SKIP_OK)
@@ -56,5 +59,5 @@ def evaluate_export(uri: str, data_uri: str | None = None, split: str = "test", 
             if full_pool:
                 acc.add_pool(batch, pool_scores(model, batch, sticker_emb))
     metrics, _ = compute_metrics(acc.local_arrays(), heads)
-    metrics.update({f"skipped[{r}]": n for r, n in skipped.items()})
+    metrics.update({f"skipped[{r}]": n for r, n in skipped.items()}, rows_text_truncated=truncated)
     return metrics

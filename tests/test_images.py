@@ -60,3 +60,37 @@ def test_transforms_shape_and_dtype():
     img = Image.new("RGB", (40, 30), (9, 8, 7))
     e = eval_transform(img, 16)
     assert e.shape == (3, 16, 16) and e.dtype == np.uint8 and e[0, 0, 0] == 9
+
+
+def test_animated_webp_gives_first_frame():
+    frames = [Image.new("RGBA", (6, 6), c) for c in ((255, 0, 0, 255), (0, 255, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], duration=50, lossless=True)
+    assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2
+    assert tuple(np.asarray(decode_image(buf.getvalue()))[3, 3]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("img, fmt, kw, expected", [
+    (Image.new("RGBA", (4, 4), (0, 0, 255, 0)), "WEBP", {"lossless": True}, (255, 255, 255)),  # transparent WebP
+    (Image.new("LA", (4, 4), (0, 0)), "PNG", {}, (255, 255, 255)),  # gray + alpha, transparent
+    (Image.new("LA", (4, 4), (0, 255)), "PNG", {}, (0, 0, 0)),  # gray + alpha, opaque
+    (Image.new("L", (4, 4), 7), "PNG", {"transparency": 7}, (255, 255, 255)),  # gray, transparent colour
+    (Image.new("1", (4, 4), 1), "PNG", {}, (255, 255, 255)),  # bilevel
+    (Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16)), "PNG", {}, (156, 156, 156)),  # 16-bit: 40000 >> 8
+    (Image.new("YCbCr", (4, 4), (76, 85, 255)), "JPEG", {}, None),  # JPEG in YCbCr: red
+])
+def test_every_mode_becomes_rgb_with_defined_pixels(img, fmt, kw, expected):
+    out = decode_image(_encode(img, fmt, **kw))
+    assert out.mode == "RGB" and out.size == (4, 4)
+    pixel = tuple(int(v) for v in np.asarray(out)[1, 1])
+    if expected is None:
+        assert pixel[0] > 200 and pixel[1] < 60 and pixel[2] < 60, pixel
+    else:
+        assert pixel == expected
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (8, 4), (255, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    assert decode_image(_encode(img, "JPEG", exif=exif.tobytes())).size == (4, 8)

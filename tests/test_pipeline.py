@@ -36,7 +36,7 @@ def rows():
 def test_outputs_keys_dtypes_and_shapes(rows):
     out = preprocess_batch(_batch(rows), SPEC)
     n = rows.num_rows
-    assert set(out) == {"pixel_values", "input_ids", "attention_mask", "label_sentiment", "skip"}
+    assert set(out) == {"pixel_values", "input_ids", "attention_mask", "label_sentiment", "skip", "truncated"}
     assert out["pixel_values"].dtype == np.uint8 and out["pixel_values"].shape == (n, 3, SIZE, SIZE)
     assert out["input_ids"].dtype == np.int64 and out["input_ids"].shape == (n, LENGTH)
     assert out["attention_mask"].dtype == np.int64 and out["attention_mask"].shape == (n, LENGTH)
@@ -228,3 +228,52 @@ def test_check_inputs_on_a_good_dataset_and_a_missing_one(tmp_path):
     with pytest.raises(ValueError, match="has no split 'dev'"):
         check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}", "data.synthetic_if_missing=false",
                                                "data.eval_split=dev"]))
+
+
+def test_an_empty_batch_gives_empty_arrays(rows):
+    """Ray Data hands over an empty block for an empty Parquet shard."""
+    out = preprocess_batch(_batch(rows.slice(0, 0)), SPEC)
+    assert out["pixel_values"].shape == (0, 3, SIZE, SIZE) and out["input_ids"].shape == (0, LENGTH)
+    assert out["skip"].shape == out["truncated"].shape == (0,)
+
+
+def test_texts_cut_at_max_length_are_counted():
+    table = schema.conform(pa.table({
+        "example_id": ["long", "fits", "short"], "split": ["train"] * 3,
+        "context": [[" ".join(synthetic.FILLER * 3)], ["sunny day coffee friends"], ["hi"]],
+        "sentiment": pa.array([0, 1, 2], pa.int32()),
+    }), "examples")
+    tok = load_tokenizer(TINY_TOKENIZER)
+    fits = len(tok("sunny day coffee friends")["input_ids"])  # exactly max_length tokens: not cut
+    spec = PreprocessSpec(labels=SPEC.labels, tokenizer=TINY_TOKENIZER, max_text_length=fits, use_image=False)
+    out = preprocess_batch(_batch(table), spec)
+    assert out["truncated"].tolist() == [1, 0, 0]
+    assert out["input_ids"][0, -1] == tok.sep_token_id  # the cut text still ends with [SEP]
+    assert out["input_ids"][1].tolist() == tok("sunny day coffee friends")["input_ids"]
+    assert not out["skip"].any()  # cut, not dropped
+
+
+def test_raw_text_cut_at_max_bytes_is_counted():
+    from ray_sticker.data.pipeline import TextInput
+
+    table = schema.conform(pa.table({
+        "example_id": ["a", "b"], "split": ["train"] * 2, "context": [["x" * 40], ["short"]],
+        "sentiment": pa.array([0, 1], pa.int32()),
+    }), "examples")
+    spec = PreprocessSpec(labels=SPEC.labels, use_image=False,
+                          texts=(TextInput("prompt", ("context",), "", 16, raw=True),))
+    out = preprocess_batch(_batch(table), spec)
+    assert out["truncated"].tolist() == [1, 0] and out["prompt_bytes"].shape == (2, 1, 16)
+
+
+def test_an_empty_evaluation_split_is_rejected_before_training(tmp_path):
+    from ray_sticker.config import ConfigError
+
+    data = tmp_path / "d"
+    synthetic.make_classify_dataset(str(data), num_rows=40, image_size=16)
+    manifest = schema.read_manifest(str(data))
+    manifest.splits["validation"] = 0
+    schema.write_manifest(str(data), manifest)
+    cfg = load_config("m2sa-tiny", [f"data.uri={data}", "data.synthetic_if_missing=false"]).resolved()
+    with pytest.raises(ConfigError, match="split 'validation' of dataset .* has no rows"):
+        check_inputs(cfg)

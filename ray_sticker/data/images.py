@@ -1,7 +1,8 @@
 """Image decoding and resizing, on PIL + numpy (cheap in Ray Data tasks).
 
 Stickers come as PNG/JPEG/GIF/WebP in every mode: animated images give their first frame,
-transparency is composited on a white background, palette/grayscale/CMYK become RGB.
+transparency is composited on a white background, every other mode becomes RGB (see
+:func:`decode_image`).
 Images leave the pipeline as ``uint8`` CHW arrays; normalisation happens on the worker's
 device (a quarter of the bytes through the object store).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 BACKGROUND = (255, 255, 255)
 
@@ -21,7 +22,15 @@ class ImageDecodeError(ValueError):
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Encoded bytes -> RGB image (first frame; alpha over white). Raises ImageDecodeError."""
+    """Encoded bytes -> RGB image. Raises ImageDecodeError.
+
+    - animated GIF/WebP/PNG: the first frame;
+    - transparency (RGBA, LA, PA, palette or grayscale with a transparent colour): composited
+      over ``BACKGROUND`` (white);
+    - palette, grayscale, bilevel, CMYK, YCbCr: converted to RGB; 16/32-bit integer grayscale
+      scaled from its 16-bit range, float grayscale clipped to 0-255;
+    - an EXIF orientation (phone photos): applied, so the pixels are upright.
+    """
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty image bytes")
     try:
@@ -29,11 +38,17 @@ def decode_image(data: bytes) -> Image.Image:
         if getattr(img, "is_animated", False):
             img.seek(0)
         img.load()
+        img = ImageOps.exif_transpose(img)
     except Exception as exc:  # PIL raises many types for bad bytes
         raise ImageDecodeError(f"cannot decode image: {exc}") from None
-    if img.mode == "P" and "transparency" in img.info:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         img = Image.alpha_composite(canvas, rgba)

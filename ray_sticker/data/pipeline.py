@@ -5,7 +5,8 @@ then streams it with ``ray.data.read_parquet``. ``preprocess_batch`` runs in Ray
 tasks on CPU: it decodes and transforms images, tokenizes text and maps labels. Rows
 that cannot be used are not dropped silently: they stay in the batch with a non-zero
 ``skip`` code (see ``SKIP_REASONS``); the training loop removes them, counts them per
-reason across ranks and fails the run above ``data.max_corrupt_fraction``.
+reason across ranks and fails the run above ``data.max_corrupt_fraction``. Texts longer than
+their input's ``max_length`` are cut, and counted per row in ``truncated``.
 
 What a batch holds is declared by the model config (``models/output.py``): several text
 inputs, optional labels, and for selection the candidates' rows in the sticker pool
@@ -146,12 +147,16 @@ def _as_text(value, joiner: str) -> str:
     return joiner.join(str(t) for t in value)  # a list of turns
 
 
-def encode_texts(texts: list[str], max_bytes: int) -> np.ndarray:
-    """UTF-8 bytes of each text, zero-padded to ``max_bytes`` (cut at a character boundary)."""
+def encode_texts(texts: list[str], max_bytes: int, truncated: np.ndarray | None = None) -> np.ndarray:
+    """UTF-8 bytes of each text, zero-padded to ``max_bytes`` (cut at a character boundary);
+    ``truncated[i]`` is set for the texts that were cut."""
     out = np.zeros((len(texts), max_bytes), dtype=np.uint8)
     for i, text in enumerate(texts):
-        data = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore").encode("utf-8")
+        full = text.encode("utf-8")
+        data = full[:max_bytes].decode("utf-8", errors="ignore").encode("utf-8")
         out[i, :len(data)] = np.frombuffer(data, dtype=np.uint8)
+        if truncated is not None and len(full) > max_bytes:
+            truncated[i] = True
     return out
 
 
@@ -163,16 +168,38 @@ def decode_texts(data) -> list:
     return [decode_texts(row) for row in arr]
 
 
-def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], n: int) -> dict[str, np.ndarray]:
-    """Token ids and masks of every text input (raw inputs: their bytes; see :class:`TextInput`)."""
+def _tokenize(tok, texts: list[str], max_length: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Padded, truncated encodings and which texts were longer than ``max_length`` tokens
+    (found by encoding one token more; only those are encoded again, cut to size)."""
+    if not texts:  # an empty block (e.g. an empty Parquet shard)
+        empty = np.zeros((0, max_length), dtype=np.int64)
+        return {"input_ids": empty, "attention_mask": empty.copy()}, np.zeros(0, dtype=bool)
+    enc = tok(texts, padding="max_length", truncation=True, max_length=max_length + 1, return_tensors="np")
+    long = enc["attention_mask"][:, -1].astype(bool)
+    out = {k: np.ascontiguousarray(v[:, :max_length]) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    if long.any():
+        cut = tok([texts[i] for i in np.flatnonzero(long)], padding="max_length", truncation=True,
+                  max_length=max_length, return_tensors="np")
+        for k in out:
+            out[k][long] = cut[k]
+    return out, long
+
+
+def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], n: int
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Token ids and masks of every text input (raw inputs: their bytes; see :class:`TextInput`),
+    and per row how many of its texts were cut at their input's ``max_length``."""
     from ray_sticker.data.text import load_tokenizer
 
     out: dict[str, np.ndarray] = {}
+    truncated = np.zeros(n, dtype=np.int64)
     for t in texts:
         if t.raw:  # turns of a dialogue on their own lines
             flat = [_as_text(v, "\n") or t.default for i in range(n)
                     for v in (batch[c][i] for c in t.columns)]
-            out[t.bytes_key] = encode_texts(flat, t.max_length).reshape(n, len(t.columns), t.max_length)
+            cut = np.zeros(len(flat), dtype=bool)
+            out[t.bytes_key] = encode_texts(flat, t.max_length, cut).reshape(n, len(t.columns), t.max_length)
+            truncated += cut.reshape(n, len(t.columns)).sum(axis=1)
             continue
         tok = load_tokenizer(t.tokenizer)
         sep = tok.sep_token or "|"
@@ -181,12 +208,13 @@ def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], 
             flat = [per_column[c][i] for i in range(n) for c in range(len(t.columns))]
         else:
             flat = [f" {sep} ".join(p for p in (col[i] for col in per_column) if p) or t.default for i in range(n)]
-        enc = tok(flat, padding="max_length", truncation=True, max_length=t.max_length, return_tensors="np")
+        enc, cut = _tokenize(tok, flat, t.max_length)
         shape = (n, len(t.columns), t.max_length) if t.separate else (n, t.max_length)
         ids_key, mask_key = t.keys
         out[ids_key] = enc["input_ids"].astype(np.int64).reshape(shape)
         out[mask_key] = enc["attention_mask"].astype(np.int64).reshape(shape)
-    return out
+        truncated += cut.reshape(n, len(t.columns) if t.separate else 1).sum(axis=1)
+    return out, np.minimum(truncated, 127).astype(np.int8)
 
 
 def _labels(raw, num_classes: int, skip: np.ndarray, required: bool) -> np.ndarray:
@@ -259,8 +287,10 @@ def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict
                 continue
             pixels[i] = eval_transform(img, size)
         out["pixel_values"] = pixels
-    out.update(tokenize_inputs(batch, spec.texts, n))
+    tokens, truncated = tokenize_inputs(batch, spec.texts, n)
+    out.update(tokens)
     out["skip"] = skip
+    out["truncated"] = truncated
     return out
 
 
@@ -341,7 +371,10 @@ def load_sticker_pool(uri: str, spec: PoolSpec, ids: list[str], max_corrupt_frac
     table = table.take(pa.array([order[s] for s in ids], type=pa.int64()))
     n = table.num_rows
     batch = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
-    pool: dict[str, np.ndarray] = tokenize_inputs(batch, spec.texts, n)
+    pool, truncated = tokenize_inputs(batch, spec.texts, n)
+    if truncated.any():
+        log.info("stickers table of %s: %d of %d stickers have text cut at its max_length",
+                 uri, int(np.count_nonzero(truncated)), n)
     if spec.use_image:
         pixels = np.zeros((n, 3, spec.image_size, spec.image_size), dtype=np.uint8)
         bad = []

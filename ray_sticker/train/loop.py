@@ -13,7 +13,7 @@ import logging
 import math
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -65,12 +65,21 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def _keep_usable(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], np.ndarray, bool]:
-    """Drop rows the pipeline marked unusable; returns (batch, skip codes, all-skipped flag).
+class RowCodes(NamedTuple):
+    """What the pipeline says of each row of a batch: its skip code, and whether text was cut."""
+
+    skip: np.ndarray
+    truncated: np.ndarray
+
+
+def _keep_usable(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], RowCodes, bool]:
+    """Drop rows the pipeline marked unusable; returns (batch, row codes, all-skipped flag).
     A fully skipped batch keeps one row with zero loss weight so every rank still runs the
     same collectives (ZeRO-3 gathers parameters inside forward)."""
     skip = batch.pop("skip")
-    codes = skip.cpu().numpy()
+    truncated = batch.pop("truncated", None)
+    codes = RowCodes(skip.cpu().numpy(), truncated.cpu().numpy() > 0 if truncated is not None
+                     else np.zeros(len(skip), dtype=bool))
     keep = skip == SKIP_OK
     empty = not bool(keep.any())
     if empty:
@@ -97,13 +106,17 @@ def _label_heads(model) -> dict[str, int]:
 
 
 class SkipCounter:
+    """Rows seen, skipped per reason, and with text cut at its input's ``max_length``."""
+
     def __init__(self) -> None:
         self.seen = 0
+        self.truncated = 0
         self.by_reason: dict[str, int] = {}
 
-    def add(self, codes: np.ndarray) -> None:
-        self.seen += int(codes.size)
-        for reason, n in count_skips(codes).items():
+    def add(self, codes: RowCodes) -> None:
+        self.seen += int(codes.skip.size)
+        self.truncated += int(np.count_nonzero(codes.truncated))
+        for reason, n in count_skips(codes.skip).items():
             self.by_reason[reason] = self.by_reason.get(reason, 0) + n
 
     def check(self, max_fraction: float, where: str) -> dict[str, float]:
@@ -111,8 +124,9 @@ class SkipCounter:
         from ray_sticker.data.pipeline import SKIP_REASONS
 
         reasons = list(SKIP_REASONS.values())
-        totals = _all_reduce_sum([self.seen] + [self.by_reason.get(r, 0) for r in reasons])
-        seen, counts = int(totals[0]), {r: int(c) for r, c in zip(reasons, totals[1:]) if c}
+        totals = _all_reduce_sum([self.seen, self.truncated] + [self.by_reason.get(r, 0) for r in reasons])
+        seen, truncated = int(totals[0]), int(totals[1])
+        counts = {r: int(c) for r, c in zip(reasons, totals[2:]) if c}
         skipped = sum(counts.values())
         if seen and skipped / seen > max_fraction:
             detail = ", ".join(f"{n} {r}" for r, n in counts.items())
@@ -120,7 +134,8 @@ class SkipCounter:
                 f"{where}: skipped {skipped} of {seen} rows ({skipped / seen:.1%}: {detail}), "
                 f"above data.max_corrupt_fraction={max_fraction}"
             )
-        return {"rows_seen": seen, "rows_skipped": skipped, **{f"skipped[{r}]": n for r, n in counts.items()}}
+        return {"rows_seen": seen, "rows_skipped": skipped, "rows_text_truncated": truncated,
+                **{f"skipped[{r}]": n for r, n in counts.items()}}
 
 
 def evaluate(engine, shard, cfg: ExperimentConfig, device: torch.device,
@@ -303,7 +318,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             step_s += time.perf_counter() - t0
             n_micro += 1
             if not empty:
-                samples += int(codes.size - np.count_nonzero(codes))
+                samples += int(np.count_nonzero(codes.skip == SKIP_OK))
                 loss_sum += out.loss.detach().item()
                 for k, v in out.losses.items():
                     loss_terms[k] = loss_terms.get(k, 0.0) + v.detach().item()
