@@ -93,3 +93,13 @@ def test_a_rank_that_disagrees_makes_every_rank_skip(tmp_path):
     _write_checkpoint(tmp_path, 0)
     loaded = []
     assert ckpt.restore(None, str(tmp_path), loaded.append, lambda ok: False) is None and loaded == []
+
+
+def test_evaluating_a_broken_checkpoint_names_the_problem(tmp_path):
+    from ray_sticker.train.export import CONFIG, load_model
+
+    directory = _write_checkpoint(tmp_path, 0)
+    (directory / CONFIG).write_text('{"architecture": {"arch": "m2sa"}, "experiment": {}}')
+    os.remove(directory / "state" / "zero_pp_rank_1_optim_states.pt")
+    with pytest.raises(ValueError, match="epoch-0000 cannot be used: file state/zero_pp_rank_1"):
+        load_model(str(directory))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ray_sticker import storage
 from ray_sticker.config import ExperimentConfig, from_dict
+from ray_sticker.train.checkpoints import INTEGRITY_DIR, verify
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -50,8 +51,11 @@ def export_model(engine, cfg: ExperimentConfig, model_config: dict[str, Any], ur
     with tempfile.TemporaryDirectory() as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, WEIGHTS),
                   metadata={"format": "pt"})
-        write_run_config(tmp, cfg, model_config, label_maps)
         storage.upload_dir(tmp, uri)
+        # config.json last: readers take a directory without it for an unfinished export.
+        write_run_config(tmp, cfg, model_config, label_maps)
+        with open(os.path.join(tmp, CONFIG), "rb") as f:
+            storage.write_bytes(storage.join(uri, CONFIG), f.read())
 
 
 def load_model(uri: str):
@@ -64,11 +68,12 @@ def load_model(uri: str):
         raise FileNotFoundError(f"{uri} is neither an export nor a checkpoint: {CONFIG} not found")
     with open(os.path.join(local, CONFIG)) as f:
         meta = json.load(f)
+    has_weights = os.path.exists(os.path.join(local, WEIGHTS))
+    problem = verify(local) if not has_weights and os.path.isdir(os.path.join(local, INTEGRITY_DIR)) else None
+    if problem:
+        raise ValueError(f"checkpoint {uri} cannot be used: {problem}")
     model = build_from_config(meta["architecture"])
-    if os.path.exists(os.path.join(local, WEIGHTS)):
-        state = load_file(os.path.join(local, WEIGHTS))
-    else:
-        state = state_dict_from_checkpoint(local)
+    state = load_file(os.path.join(local, WEIGHTS)) if has_weights else state_dict_from_checkpoint(local)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"export {uri} does not match its architecture: missing {missing[:5]}, "
