@@ -10,7 +10,7 @@ import pytest
 from ray_sticker.train import checkpoints as ckpt
 
 
-def _write_checkpoint(run_dir: Path, epoch: int, world: int = 2) -> Path:
+def _write_checkpoint(run_dir: Path, epoch: int, world: int = 2, config: str = "{}") -> Path:
     """A checkpoint as Ray Train merges it: every rank's files plus its manifest."""
     directory = run_dir / ckpt.checkpoint_dir_name(epoch)
     for rank in range(world):
@@ -18,7 +18,7 @@ def _write_checkpoint(run_dir: Path, epoch: int, world: int = 2) -> Path:
         (rank_dir / "state").mkdir(parents=True)
         (rank_dir / "state" / f"zero_pp_rank_{rank}_optim_states.pt").write_bytes(bytes([epoch, rank]) * 100)
         if rank == 0:
-            (rank_dir / "config.json").write_text("{}")
+            (rank_dir / "config.json").write_text(config)
         ckpt.write_manifest(str(rank_dir), rank, world, epoch)
         for path in rank_dir.rglob("*"):
             if path.is_file():
@@ -98,8 +98,7 @@ def test_a_rank_that_disagrees_makes_every_rank_skip(tmp_path):
 def test_evaluating_a_broken_checkpoint_names_the_problem(tmp_path):
     from ray_sticker.train.export import CONFIG, load_model
 
-    directory = _write_checkpoint(tmp_path, 0)
-    (directory / CONFIG).write_text('{"architecture": {"arch": "m2sa"}, "experiment": {}}')
+    directory = _write_checkpoint(tmp_path, 0, config='{"architecture": {"arch": "m2sa"}, "experiment": {}}')
     os.remove(directory / "state" / "zero_pp_rank_1_optim_states.pt")
     with pytest.raises(ValueError, match="epoch-0000 cannot be used: file state/zero_pp_rank_1"):
         load_model(str(directory))
