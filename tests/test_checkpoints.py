@@ -96,7 +96,7 @@ def test_a_rank_that_disagrees_makes_every_rank_skip(tmp_path):
 
 
 def test_evaluating_a_broken_checkpoint_names_the_problem(tmp_path):
-    from ray_sticker.train.export import CONFIG, load_model
+    from ray_sticker.train.export import load_model
 
     directory = _write_checkpoint(tmp_path, 0, config='{"architecture": {"arch": "m2sa"}, "experiment": {}}')
     os.remove(directory / "state" / "zero_pp_rank_1_optim_states.pt")
