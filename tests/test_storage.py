@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -97,14 +100,15 @@ def test_local_upload_download_dir(tmp_path: Path) -> None:
 
 
 def test_s3_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                 "AWS_MAX_ATTEMPTS"):
         monkeypatch.delenv(name, raising=False)
-    assert S3Options.from_env() == S3Options(None, "us-east-1", None)
+    assert S3Options.from_env() == S3Options(None, "us-east-1", None, 5)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3only:2")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
     monkeypatch.setenv("AWS_PROFILE", "dev")
-    assert S3Options.from_env() == S3Options("http://s3only:2", "eu-west-3", "dev")
+    assert S3Options.from_env() == S3Options("http://s3only:2", "eu-west-3", "dev", 5)
     monkeypatch.setenv("AWS_REGION", "ap-south-1")
     assert S3Options.from_env().region == "ap-south-1"
 
@@ -272,6 +276,7 @@ def test_s3_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDUNREACHABLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unreachable-secret")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # the backoff of 5 attempts adds up to 15 s
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     opts = S3Options(endpoint_url=endpoint)
@@ -279,3 +284,52 @@ def test_s3_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {endpoint}: ") as info:
             call()
         assert "s3://b" in str(info.value) and "unreachable-secret" not in str(info.value)
+
+
+def test_s3_max_attempts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    opts = S3Options(endpoint_url=f"http://127.0.0.1:{_closed_port()}")
+    assert S3Options.from_env().max_attempts == 5
+    assert storage.resolve("s3://b/k", opts)[0].max_attempts == 5
+    assert storage.boto3_client(opts).meta.config.retries == {"total_max_attempts": 5, "mode": "standard"}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "8")
+    assert S3Options.from_env().max_attempts == 8
+    assert storage.resolve("s3://b/k", opts)[0].max_attempts == 8
+    assert storage.boto3_client(opts).meta.config.retries["total_max_attempts"] == 8
+    assert storage.resolve("s3://b/k", dataclasses.replace(opts, max_attempts=2))[0].max_attempts == 2
+    for bad in ("0", "-1", "2.5", "three"):
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", bad)
+        with pytest.raises(StorageError, match=f"AWS_MAX_ATTEMPTS must be an integer >= 1 .*got '{bad}'"):
+            storage.exists("s3://b/k", opts)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="S3Options.max_attempts must be an int >= 1"):
+            S3Options(max_attempts=bad)
+
+
+def test_s3_connect_timeout_is_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An endpoint that never answers the connection (dropped SYNs) fails after the connect timeout."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDBLACKHOLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "blackhole-secret")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setattr(storage, "CONNECT_TIMEOUT_S", 0.5)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(socket.socket())
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        for _ in range(4):  # fill the accept queue: later connection attempts get no answer
+            client = stack.enter_context(socket.socket())
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+        endpoint = f"http://127.0.0.1:{port}"
+        opts = S3Options(endpoint_url=endpoint)
+        for call in (lambda: storage.exists("s3://b/k", opts), lambda: storage.ensure_bucket("s3://b/k", opts)):
+            t0 = time.perf_counter()
+            with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {endpoint}: .*(?i:timeout|timed out)"):
+                call()
+            assert time.perf_counter() - t0 < 10
