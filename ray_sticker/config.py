@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 CONFIG_PACKAGE = "ray_sticker.configs"
 
@@ -145,6 +145,17 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _half_precision_needs_gpu(cls, ds: DeepSpeedConfig, info: ValidationInfo) -> DeepSpeedConfig:
+        # DeepSpeed refuses fp16 on CPUs without fp16 kernels, and CPU workers train in fp32
+        # (train/engine.py): an explicit bf16/fp16 would silently not happen.
+        train = info.data.get("train")
+        if train is not None and not train.use_gpu and ds.precision in ("bf16", "fp16"):
+            raise ValueError(f"precision={ds.precision} needs train.use_gpu=true; CPU workers train in fp32 "
+                             "(use precision auto or fp32)")
+        return ds
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with ``${VAR}`` and ``~`` expanded in the URI fields."""

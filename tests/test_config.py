@@ -70,3 +70,68 @@ def test_yaml_path_and_resolution(tmp_path, monkeypatch):
     assert not cfg.train.storage_path.startswith("~")
     round_trip = ExperimentConfig.model_validate(cfg.to_dict())
     assert round_trip == cfg
+
+
+# ---------------------------------------------------------------------------- rejected before anything starts
+
+
+def test_unknown_model_names_it_and_lists_the_registry():
+    with pytest.raises(ConfigError) as err:
+        load_config("m2sa-tiny", ["model.name=nope"])
+    msg = str(err.value)
+    assert "\n" not in msg and "model.name: unknown model; registered: " in msg and "(got 'nope')" in msg
+    assert all(name in msg for name in list_models())
+
+
+def test_cli_train_with_unknown_model_exits_2_with_one_line(capsys, monkeypatch):
+    """``ray-sticker train model.name=nope`` (the embedded demo's configs): exit code 2, one line."""
+    from ray_sticker import cli
+    from ray_sticker.train import trainer
+
+    monkeypatch.setattr(trainer, "run_many", lambda *a, **k: pytest.fail("training started"))
+    assert cli.main(["-q", "train", "model.name=nope"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config 'm2sa-tiny': model.name: unknown model"), captured
+    assert "(got 'nope')" in lines[0] and captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # DeepSpeed's CPU accelerator refuses fp16 ("Type fp16 is not supported on your device").
+        (["deepspeed.precision=fp16"], "deepspeed: precision=fp16 needs train.use_gpu=true; CPU workers train in fp32"),
+        # bf16 would run on CPU, but CPU workers train in fp32 (engine.resolve_precision): not silently.
+        (["deepspeed.precision=bf16"], "deepspeed: precision=bf16 needs train.use_gpu=true"),
+        # Stage 0 builds no ZeRO optimizer, so DeepSpeed never reads offload_optimizer.
+        (["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=true"],
+         "deepspeed: offload_optimizer needs zero_stage 1, 2 or 3"),
+        # Only the stage-3 optimizer reads offload_param.
+        (["deepspeed.zero_stage=2", "deepspeed.offload_param=true"], "deepspeed: offload_param needs zero_stage 3"),
+    ],
+)
+def test_impossible_deepspeed_combinations_are_one_line_naming_the_fields(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config("m2sa-tiny", overrides)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("config 'm2sa-tiny': ") and expected in msg, msg
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["deepspeed.precision=auto"],  # bf16 on GPU, fp32 on CPU
+        ["deepspeed.precision=fp32"],
+        ["deepspeed.precision=bf16", "train.use_gpu=true"],
+        ["deepspeed.precision=fp16", "train.use_gpu=true", "deepspeed.gradient_clipping=1.0"],
+        # Tried on CPU workers with DeepSpeed 0.19: these train.
+        ["deepspeed.zero_stage=3", "model.freeze_text=true", "model.freeze_vision=true"],
+        ["deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true", "deepspeed.offload_param=true",
+         "train.optimizer=adafactor"],
+        ["deepspeed.zero_stage=2", "deepspeed.offload_optimizer=true", "train.optimizer=adafactor",
+         "train.use_gpu=true"],
+    ],
+)
+def test_workable_combinations_are_accepted(overrides):
+    load_config("m2sa-tiny", overrides)
+

@@ -88,7 +88,8 @@ def test_deepspeed_config_offload_sections():
     ],
 )
 def test_resolve_precision(requested, on_gpu, expected):
-    assert resolve_precision(_cfg(f"deepspeed.precision={requested}"), on_gpu=on_gpu) == expected
+    # Half precision needs train.use_gpu in the config; ``on_gpu`` is what the worker found.
+    assert resolve_precision(_cfg(f"deepspeed.precision={requested}", "train.use_gpu=true"), on_gpu=on_gpu) == expected
 
 
 # ---------------------------------------------------------------------------- parameter groups

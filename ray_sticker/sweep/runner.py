@@ -103,6 +103,19 @@ def _check_model_field(arch: dict[str, Any], path: str, model: str, sweep: str) 
         node = node[part]
 
 
+def _check_trial_placement(spec: SweepSpec, base: dict[str, Any]) -> None:
+    """Every trial's workers fit the cluster (see train/placement.py): else each trial would
+    wait forever for them."""
+    from ray_sticker.train.placement import check_placement
+
+    trains = {}
+    for values in spec.representative_values():
+        train = validate(set_values(base, values)).train
+        trains[(train.num_workers, train.cpus_per_worker, train.use_gpu)] = train
+    for train in trains.values():
+        check_placement(train, extra_cpus=spec.resources.driver_cpus)
+
+
 def max_concurrent(spec: SweepSpec, base: dict[str, Any]) -> int:
     """The sweep's setting, else the trials the cluster's current resources fit (at least 1).
     A CPU trial is counted with one spare CPU for its Ray Data preprocessing."""
@@ -191,6 +204,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     base = base_config(spec)
     check_sweep(spec, base)
     init_ray(address)
+    _check_trial_placement(spec, base)
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, spec_data=spec.model_dump(mode="json"), base=base,
                              runs_dir=storage.join(exp_dir, RUNS_DIR)),

@@ -185,7 +185,11 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[schema.Manifest, dict[str, Any]
                              f"dataset {cfg.data.uri} split '{split}'")
     rows = manifest.splits[cfg.data.train_split]
     if rows < cfg.train.num_workers:
-        raise ConfigError(f"split '{cfg.data.train_split}' has {rows} rows, fewer than train.num_workers")
+        raise ConfigError(f"split '{cfg.data.train_split}' of dataset {cfg.data.uri} has {rows} rows, fewer than "
+                          f"train.num_workers={cfg.train.num_workers}")
+    if manifest.splits[cfg.data.eval_split] == 0:
+        raise ConfigError(f"split '{cfg.data.eval_split}' of dataset {cfg.data.uri} has no rows: nothing to "
+                          f"evaluate on (set data.eval_split)")
     return manifest, model_cfg, sticker_ids
 
 
@@ -217,10 +221,15 @@ def default_run_name(cfg: ExperimentConfig) -> str:
 
 
 def run_many(cfgs: list[ExperimentConfig], ray_address: str | None = None) -> list[RunResult]:
-    """Runs one after another on one Ray cluster; every config is checked, and every
-    dataset made, before the first run starts."""
+    """Runs one after another on one Ray cluster; every config is checked, every dataset
+    made and every run's workers checked against the cluster before the first run starts."""
+    from ray_sticker.train.placement import check_placement
+
     cfgs = [c.resolved() for c in cfgs]
     checked = [(cfg, *check_inputs(cfg)) for cfg in cfgs]
+    init_ray(ray_address)
+    for cfg in cfgs:
+        check_placement(cfg.train)
     return [_fit(cfg, *inputs, ray_address) for cfg, *inputs in checked]
 
 
@@ -238,9 +247,11 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ray_sticker.train.loop import train_loop_per_worker
+    from ray_sticker.train.placement import check_placement
 
     t0 = time.perf_counter()
     init_ray(ray_address)
+    check_placement(cfg.train)  # Ray Train would wait forever for workers the cluster cannot place
 
     name = cfg.train.run_name or default_run_name(cfg)
     run_dir = storage.join(cfg.train.storage_path, name)
