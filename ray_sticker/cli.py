@@ -1,4 +1,4 @@
-"""``ray-sticker``: prepare | enrich | train | evaluate | tune | models | configs.
+"""``ray-sticker``: prepare | enrich | train | evaluate | tune | models | configs | bench.
 
 ``ray-sticker train`` with no arguments runs the embedded default: the synthetic dataset
 (written locally if missing), the tiny M2SA and its text-only and image-only baselines,
@@ -244,6 +244,20 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ray_sticker.bench import run_bench
+
+    values = dict(vars(args))
+    if args.stages:
+        values["stages"] = [int(x) for x in args.stages.split(",") if x.strip()]
+    result = run_bench(args.what, values)
+    print(result.table())
+    if args.json:
+        result.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _formats() -> list[str]:
     from ray_sticker.data.convert.base import list_formats
 
@@ -344,6 +358,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name", nargs="?")
     c.add_argument("overrides", nargs="*", metavar="section.field=value")
     c.set_defaults(fn=cmd_configs)
+
+    b = sub.add_parser("bench", help="benchmarks: ingest (Ray Data), step (DeepSpeed step), zero (ZeRO memory)",
+                       description="Measure the library beside a baseline in the same run and print ratios "
+                                   "against goals: ingest = Ray Data preprocessing vs a single-process loop x "
+                                   "cores and a torch DataLoader; step = a worker's DeepSpeed step (ZeRO 0/2) vs "
+                                   "plain PyTorch, MFU on GPUs; zero = per-rank parameter and optimizer-state "
+                                   "bytes under ZeRO 0-3 vs the ZeRO paper. See BENCHMARKS.md.")
+    b.add_argument("what", choices=["ingest", "step", "zero"])
+    b.add_argument("--config", help="experiment config (default m2sa-tiny); data: a synthetic dataset of its task "
+                                    "unless an override sets data.uri")
+    b.add_argument("overrides", nargs="*", metavar="section.field=value", help="dotted config overrides")
+    b.add_argument("--rows", type=int, help="rows of the synthetic dataset (ingest default 8000)")
+    b.add_argument("--image-px", type=int, help="ingest: side of the synthetic source images (default 48)")
+    b.add_argument("--batch-size", type=int, help="ingest: preprocessing and consumer batch (default: "
+                                                  "data.preprocess_batch_size); step/zero: train.batch_size")
+    b.add_argument("--steps", type=int, help="step: timed steps per repeat (default 40)")
+    b.add_argument("--repeats", type=int, help="timed repeats, the median is reported (ingest 3, step 7)")
+    b.add_argument("--warmup", type=int, help="untimed warm-up passes (ingest, 1) or steps (step, 5)")
+    b.add_argument("--workers", type=int, help="zero: ranks (default 2); ingest: cores for Ray Data and the "
+                                               "DataLoader (default: all)")
+    b.add_argument("--stages", help="ZeRO stages, comma-separated (step: 0,2; zero: 0,1,2,3)")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], help="step: where to run (default auto)")
+    b.add_argument("--compile", action="store_true", default=None, help="step: add torch.compile variants")
+    b.add_argument("--pipeline", action="store_true", default=None,
+                   help="step: add a run fed by Ray Data (samples/s, data-wait share)")
+    b.add_argument("--random-init", action="store_true", default=None,
+                   help="step: random weights and the offline tokenizer (full-size configs without network)")
+    b.add_argument("--threads", type=int, help="step/zero: torch CPU threads (default: as a worker gets)")
+    b.add_argument("--json", help="also write the figures to this path or URI")
+    b.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
+    b.set_defaults(fn=cmd_bench)
     return p
 
 
