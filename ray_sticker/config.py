@@ -72,6 +72,12 @@ class DataConfig(_Section):
         default=True,
         description="preprocess the evaluation split once and keep it in the object store for every epoch",
     )
+    cache_train: bool | None = Field(
+        default=None,
+        description="preprocess the train split once, before training, and keep it in the object store for "
+                    "every epoch (augmentation happens on the workers, so epochs stay random); null: when it "
+                    "takes under a quarter of the cluster's object store",
+    )
 
 
 class ModelConfig(_Section):

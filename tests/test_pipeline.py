@@ -277,3 +277,9 @@ def test_an_empty_evaluation_split_is_rejected_before_training(tmp_path):
     cfg = load_config("m2sa-tiny", [f"data.uri={data}", "data.synthetic_if_missing=false"]).resolved()
     with pytest.raises(ConfigError, match="split 'validation' of dataset .* has no rows"):
         check_inputs(cfg)
+
+
+def test_row_bytes_is_what_a_preprocessed_row_holds(rows):
+    """The size estimate that decides whether the train split is cached (data.cache_train)."""
+    out = preprocess_batch(_batch(rows), SPEC)
+    assert SPEC.row_bytes() * rows.num_rows == sum(v.nbytes for v in out.values())

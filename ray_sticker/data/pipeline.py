@@ -99,6 +99,18 @@ class PreprocessSpec:
         """Sticker id -> pool row; built once per deserialised spec, not per batch."""
         return {sid: i for i, sid in enumerate(self.sticker_ids)}
 
+    def row_bytes(self) -> int:
+        """Bytes of one preprocessed row (what a cached split holds per row)."""
+        n = 2 + 8 * len(self.labels + self.aux_labels)  # skip + truncated, labels
+        for t in self.texts:
+            per_text = t.max_length if t.raw else 16 * t.max_length  # bytes, or int64 ids + mask
+            n += per_text * (len(t.columns) if t.separate or t.raw else 1)
+        if self.select:
+            n += 8 * (self.num_candidates + 1)
+        elif self.use_image:
+            n += 3 * self.image_size * self.image_size
+        return n
+
     def columns(self) -> list[str]:
         cols = ["example_id"]
         for t in self.texts:

@@ -216,6 +216,20 @@ def _whole_eval_data_config(eval_name: str, preserve_order: bool):
     return WholeEvalDataConfig(execution_options=options)
 
 
+def cache_train(cfg: ExperimentConfig, spec: PreprocessSpec, rows: int) -> bool:
+    """``data.cache_train``, where null means: when the preprocessed split takes under a quarter
+    of the connected cluster's object store."""
+    if cfg.data.cache_train is not None:
+        return cfg.data.cache_train
+    import ray
+
+    store = ray.cluster_resources().get("object_store_memory", 0.0)
+    size = rows * spec.row_bytes()
+    log.info("train split: %d rows, %.1f MB preprocessed; object store %.1f MB: %s", rows, size / 1e6, store / 1e6,
+             "cached after one pass" if size < store / 4 else "streamed every epoch")
+    return size < store / 4
+
+
 def default_run_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
 
@@ -268,6 +282,8 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
         ds.context.execution_options.preserve_order = cfg.data.deterministic
     if cfg.data.cache_eval:
         datasets["validation"] = datasets["validation"].materialize()
+    if cache_train(cfg, spec, manifest.splits[cfg.data.train_split]):
+        datasets["train"] = datasets["train"].materialize()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
