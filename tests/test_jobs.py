@@ -76,7 +76,9 @@ def ray_head(tmp_path_factory):
     head = Head(address=address, env=env, home=home)
     # The job agent registers a little after the dashboard answers: submit a trivial job
     # until one is accepted.
-    while (ready := head.ray("submit", "--", "true", timeout=120)).returncode != 0:
+    # --no-wait: acceptance is the question (tailing the probe's logs adds a websocket that a
+    # loaded machine may drop).
+    while (ready := head.ray("submit", "--no-wait", "--", "true", timeout=120)).returncode != 0:
         if "No available agent" not in ready.stderr + ready.stdout or time.monotonic() > deadline + 180:
             pytest.fail(f"ray head does not take jobs: {ready.stderr[-2000:]}")
         time.sleep(2)
