@@ -134,7 +134,10 @@ def restore(latest, run_dir: str | None, load: Callable[[str], None], agree: Cal
             with checkpoint.as_directory() as local:
                 problem = verify(local, hash_ranks={0, rank})
                 if agree(problem is None):
-                    load(local)
+                    try:
+                        load(local)
+                    except OSError as exc:  # complete, yet unloadable: not a download problem
+                        raise RuntimeError(f"checkpoint {name} is complete but could not be loaded: {exc}") from exc
                     return name
         except OSError as exc:  # could not be downloaded
             problem = f"cannot be read: {exc}"
