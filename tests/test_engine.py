@@ -249,3 +249,33 @@ def test_offloaded_optimizer_steps_with_torch_on_cpu_workers():
     assert deepspeed_config(cfg, "fp32")["zero_force_ds_cpu_optimizer"] is False
     groups = [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1e-3}]
     assert isinstance(build_optimizer(groups, cfg, on_gpu=False), torch.optim.AdamW)
+
+
+_ENGINE_ON_ONE_RANK = """
+import os, torch, torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+dist.init_process_group("gloo", rank=0, world_size=1)
+from ray_sticker.config import load_config
+from ray_sticker.train.engine import initialize
+cfg = load_config("m2sa-tiny", ["deepspeed.zero_stage=0"])
+engine, _ = initialize(torch.nn.Sequential(torch.nn.Linear(4, 2)), cfg, 10, on_gpu=False)
+import deepspeed.comm.comm as ds_comm
+print("shm op:", ds_comm.cdb.shm_comm_op)
+"""
+
+
+def test_cpu_workers_skip_deepspeeds_inference_comm_op():
+    """DeepSpeed would compile (80 s on a fresh machine) and load a CPU all-reduce that only
+    inference uses; a CPU training engine starts without it (a process of its own: the table
+    DeepSpeed reads is per process)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = subprocess.run([sys.executable, "-c", _ENGINE_ON_ONE_RANK], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PORT": port})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "shm op: None" in out.stdout, out.stdout[-2000:]

@@ -141,10 +141,24 @@ def check_parameters(model: nn.Module) -> None:
         raise ValueError(f"0-dim parameters {scalars} cannot be trained under DeepSpeed; give them shape (1,)")
 
 
+def skip_cpu_inference_comm_op() -> None:
+    """When its communication backend starts, DeepSpeed builds (on a fresh machine: compiles,
+    about 80 s on 2 cores) and loads a CPU shared-memory all-reduce that only its CPU inference
+    path uses; training over gloo never does. The op counts as unavailable when DeepSpeed's
+    table of compatible ops says so (``deepspeed/comm/torch.py:build_shm_op``, its only reader):
+    an empty table, set before the table is first probed, skips it."""
+    import deepspeed.ops
+
+    if "__compatible_ops__" not in vars(deepspeed.ops):
+        deepspeed.ops.__compatible_ops__ = {}
+
+
 def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu: bool):
     """-> (engine, precision). ``total_steps`` counts optimizer steps (after accumulation)."""
     import deepspeed
 
+    if not on_gpu:
+        skip_cpu_inference_comm_op()
     check_parameters(model)
     freeze_towers(model, cfg)
     precision = resolve_precision(cfg, on_gpu)
