@@ -113,6 +113,7 @@ def sample_batch(inputs: BenchInputs, batch_size: int) -> dict[str, np.ndarray]:
     table = split_dataset(inputs).head(batch_size, columns=inputs.spec.columns())
     out = preprocess_batch({c: table[c].to_numpy() for c in table.column_names}, inputs.spec)
     skipped = int(np.count_nonzero(out.pop("skip")))
+    out.pop("truncated", None)
     if skipped:
         raise ConfigError(f"bench: {skipped} of the first {batch_size} rows of {inputs.cfg.data.uri} are unusable")
     return out

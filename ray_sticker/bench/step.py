@@ -197,6 +197,7 @@ def _pipeline_run(inputs, engine, opts: StepOptions, batch_size: int, device: to
                 break
             t1 = time.perf_counter()
             batch.pop("skip")
+            batch.pop("truncated", None)
             if pool_t is not None:
                 batch = attach_candidates(batch, pool_t)
             if cfg.data.augment and "pixel_values" in batch:
