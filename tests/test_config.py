@@ -133,5 +133,9 @@ def test_impossible_deepspeed_combinations_are_one_line_naming_the_fields(overri
     ],
 )
 def test_workable_combinations_are_accepted(overrides):
-    load_config("m2sa-tiny", overrides)
+    cfg = load_config("m2sa-tiny", overrides)
+    for item in overrides:  # every value given is the value kept (nothing rejected or rewritten)
+        section, field, value = *item.split("=", 1)[0].split("."), item.split("=", 1)[1]
+        kept = getattr(getattr(cfg, section), field)
+        assert str(kept).lower() == value.lower(), (item, kept)
 
