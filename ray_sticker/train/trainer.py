@@ -251,7 +251,12 @@ def run_training(cfg: ExperimentConfig, ray_address: str | None = None, callback
     """Check the inputs, then train one experiment. ``callbacks``: Ray Train user callbacks
     (e.g. Tune's report callback when the run is a sweep's trial)."""
     cfg = cfg.resolved()
-    return _fit(cfg, *check_inputs(cfg), ray_address, callbacks)
+    from ray_sticker.train.placement import check_placement
+
+    inputs = check_inputs(cfg)
+    init_ray(ray_address)
+    check_placement(cfg.train)  # Ray Train would wait forever for workers the cluster cannot place
+    return _fit(cfg, *inputs, ray_address, callbacks)
 
 
 def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, Any],
@@ -261,11 +266,9 @@ def _fit(cfg: ExperimentConfig, manifest: schema.Manifest, model_cfg: dict[str, 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ray_sticker.train.loop import train_loop_per_worker
-    from ray_sticker.train.placement import check_placement
 
     t0 = time.perf_counter()
     init_ray(ray_address)
-    check_placement(cfg.train)  # Ray Train would wait forever for workers the cluster cannot place
 
     name = cfg.train.run_name or default_run_name(cfg)
     run_dir = storage.join(cfg.train.storage_path, name)
