@@ -8,34 +8,17 @@ each trained by 2 Ray Train workers with DeepSpeed ZeRO-2, and one results table
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 import time
 from typing import Any
 
 from ray_sticker.config import ConfigError, list_configs, load_config
+from ray_sticker.console import format_table, setup_logging
 from ray_sticker.data.schema import SchemaError
 from ray_sticker.storage import StorageError
 
 DEMO_CONFIGS = ("m2sa-tiny", "text-only-tiny", "image-only-tiny")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ray_sticker").setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    """columns: (header, key, format spec)."""
-    cells = [[h for h, _, _ in columns]]
-    for row in rows:
-        cells.append([("" if row.get(k) is None else format(row[k], f)) if not isinstance(row.get(k), str)
-                      else row[k] for _, k, f in columns])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 RESULT_COLUMNS = [
@@ -86,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print()
     columns = [c for c in RESULT_COLUMNS if any(r.get(c[1]) is not None for r in rows)]
     print(format_table(rows, columns))
-    print(f"\ntotal {time.perf_counter() - t0:.0f}s")
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s; log: {args.log_file}")
     return 0
 
 
@@ -120,16 +103,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _prepare_synthetic(args: argparse.Namespace) -> int:
-    if args.task == "select":
-        from ray_sticker.data.synthetic_select import make_select_dataset
+    from ray_sticker.data.embedded import make_synthetic
 
-        manifest = make_select_dataset(args.out, num_rows=args.rows, seed=args.seed, image_size=args.image_size,
-                                       rows_per_shard=args.rows_per_shard)
-    else:
-        from ray_sticker.data.synthetic import make_classify_dataset
-
-        manifest = make_classify_dataset(args.out, num_rows=args.rows, seed=args.seed, image_size=args.image_size,
-                                         rows_per_shard=args.rows_per_shard, corrupt_fraction=args.corrupt_fraction)
+    options = {"corrupt_fraction": args.corrupt_fraction} if args.task == "classify" else {}
+    manifest = make_synthetic(args.out, args.task, args.rows, args.seed, image_size=args.image_size,
+                              rows_per_shard=args.rows_per_shard, **options)
     print(f"wrote {args.out}: {manifest.splits} (label maps: {manifest.label_maps})")
     return 0
 
@@ -171,7 +149,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"\nbest: {result.best['trial_id']} {spec.metric}={result.best[spec.metric]:.4f}")
     for key, uri in result.outputs.items():
         print(f"{key}: {uri}")
-    print(f"\ntotal {time.perf_counter() - t0:.0f}s")
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s; log: {args.log_file}")
     if result.unfinished:
         print(f"interrupted: {len(result.unfinished)} trial(s) unfinished; continue with: "
               f"ray-sticker tune --sweep {args.sweep} --name {spec.name} --resume", file=sys.stderr)
@@ -264,12 +242,7 @@ def _formats() -> list[str]:
     return list_formats()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ray-sticker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train one experiment config (or, with no --config, the embedded demo)",
                        description="Train with Ray Train + DeepSpeed. Without --config: the tiny M2SA and its "
                                    "text-only and image-only baselines on the synthetic dataset, one results table.")
@@ -279,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     t.set_defaults(fn=cmd_train)
 
+
+def _prepare_parser(sub) -> None:
     pr = sub.add_parser("prepare", help="convert a dataset release (or make the synthetic one) into canonical Parquet",
                         description="Write a canonical dataset (Parquet shards, stickers table, manifest, "
                                     "report) to a local directory or s3:// URI: from a public release "
@@ -304,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="synthetic: share of rows written with undecodable image bytes (for testing)")
     pr.set_defaults(fn=cmd_prepare)
 
+
+def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate an export or a checkpoint on a dataset split",
                        description="Metrics of a model on a dataset split: an export (<run>/export) or a "
                                    "training checkpoint (<run>/epoch-NNNN), local or s3://.")
@@ -315,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     e.set_defaults(fn=cmd_evaluate)
 
+
+def _tune_parser(sub) -> None:
     tu = sub.add_parser("tune", help="run a Ray Tune sweep (tuning/NAME.yaml) of Ray Train + DeepSpeed trials",
                         description="Sweep an experiment config's fields with Ray Tune: every trial a Ray Train "
                                     "+ DeepSpeed run, ASHA early stopping where the sweep asks for it. Writes "
@@ -333,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     tu.set_defaults(fn=cmd_tune)
 
+
+def _enrich_parser(sub) -> None:
     en = sub.add_parser("enrich", help="add annotation columns to a dataset with a batch-inference job (Ray Data)",
                         description="Annotate a canonical dataset's stickers or examples with an annotator "
                                     "(MLLM sticker descriptions, COMET commonsense relations, cnsenti text "
@@ -346,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     en.set_defaults(fn=cmd_enrich)
 
+
+def _models_parser(sub) -> None:
     m = sub.add_parser("models", help="list the model registry", description="List architecture configs.")
     m.add_argument("names", nargs="*", metavar="name", help="architecture configs to list (default: all)")
     m.add_argument("--params", action="store_true",
@@ -353,12 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the paper's figures where the config has them")
     m.set_defaults(fn=cmd_models)
 
+
+def _configs_parser(sub) -> None:
     c = sub.add_parser("configs", help="list shipped experiment configs, or print one resolved",
                        description="List experiment configs; with a name, print it after overrides.")
     c.add_argument("name", nargs="?")
     c.add_argument("overrides", nargs="*", metavar="section.field=value")
     c.set_defaults(fn=cmd_configs)
 
+
+def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: ingest (Ray Data), step (DeepSpeed step), zero (ZeRO memory)",
                        description="Measure the library beside a baseline in the same run and print ratios "
                                    "against goals: ingest = Ray Data preprocessing vs a single-process loop x "
@@ -389,12 +376,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="also write the figures to this path or URI")
     b.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     b.set_defaults(fn=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ray-sticker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show what Ray, DeepSpeed, torch and Ray's workers log (otherwise in the log file)")
+    sub = p.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _prepare_parser(sub)
+    _evaluate_parser(sub)
+    _tune_parser(sub)
+    _enrich_parser(sub)
+    _models_parser(sub)
+    _configs_parser(sub)
+    _bench_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(not args.quiet)
+    if not args.verbose:
+        # Ray's own switch, read when ray is imported: the output of Ray's workers stays in
+        # Ray's log files instead of being echoed here (--verbose echoes it).
+        os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
+    args.log_file = setup_logging(args.command, verbose=args.verbose, quiet=args.quiet)
     try:
         return args.fn(args)
     except (ConfigError, SchemaError, StorageError, FileNotFoundError) as exc:

@@ -139,7 +139,9 @@ def test_missing_or_unknown_subcommand_is_a_usage_error(capsys):
 
 
 def test_format_table():
-    text = cli.format_table([{"a": "x", "b": 0.5}, {"a": "longer", "b": None}], [("A", "a", ""), ("B", "b", ".2f")])
+    from ray_sticker.console import format_table
+
+    text = format_table([{"a": "x", "b": 0.5}, {"a": "longer", "b": None}], [("A", "a", ""), ("B", "b", ".2f")])
     assert text.splitlines() == ["A       B   ", "------  ----", "x       0.50", "longer      "]
 
 

@@ -2,7 +2,7 @@ import pytest
 
 from ray_sticker.config import ConfigError, ExperimentConfig, apply_overrides, list_configs, load_config, parse_override
 from ray_sticker.models.registry import get_model_config, list_models
-from ray_sticker.train.trainer import model_image_size, text_inputs
+from ray_sticker.train.inputs import model_image_size, text_inputs
 
 
 def test_every_shipped_config_validates_and_names_a_registered_model():
@@ -16,6 +16,17 @@ def test_every_shipped_config_validates_and_names_a_registered_model():
         assert model_cfg.get("task", "classify") == cfg.task, name
         assert model_image_size(model_cfg) in (None, cfg.data.image_size), name
         text_inputs(cfg, model_cfg)  # every text input names an existing tower
+
+
+def test_validating_configs_and_sweeps_imports_neither_torch_nor_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys; from ray_sticker.config import load_config; from ray_sticker.sweep import load_sweep; "
+            "load_config('eigml-tiny', ['train.epochs=1']); load_sweep('eigml'); "
+            "print(sorted(m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_dotted_overrides_are_typed():

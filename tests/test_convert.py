@@ -267,27 +267,21 @@ def _train_steps_in_process(cfg) -> int:
     an optimizer step per batch. Returns the steps taken."""
     import torch
 
-    from ray_sticker.data.pipeline import build_dataset, load_sticker_pool
+    from ray_sticker.data.pipeline import build_dataset
     from ray_sticker.models.registry import build_from_config
-    from ray_sticker.train.evaluation import attach_candidates
-    from ray_sticker.train.loop import _keep_usable
-    from ray_sticker.train.trainer import check_inputs, pool_spec, preprocess_spec
+    from ray_sticker.train.batches import attach_candidates, keep_usable
+    from ray_sticker.train.inputs import check_inputs
 
-    cfg = cfg.resolved()
-    manifest, model_cfg, sticker_ids = check_inputs(cfg)
+    inputs = check_inputs(cfg)
+    cfg = inputs.cfg
     torch.manual_seed(0)
-    model = build_from_config(model_cfg)
-    pool = None
-    if cfg.task == "select":
-        arrays = load_sticker_pool(cfg.data.uri, pool_spec(cfg, model_cfg), list(sticker_ids),
-                                   cfg.data.max_corrupt_fraction)
-        pool = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    ds = build_dataset(cfg.data.uri, cfg.data.train_split,
-                       preprocess_spec(cfg, model_cfg, manifest, sticker_ids))
+    model = build_from_config(inputs.model_config)
+    pool = inputs.load_pool()
+    ds = build_dataset(cfg.data.uri, cfg.data.train_split, inputs.spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     steps = 0
     for batch in ds.iter_torch_batches(batch_size=cfg.train.batch_size):
-        batch, _, empty = _keep_usable(batch)
+        batch, _, empty = keep_usable(batch)
         if empty:
             continue
         if pool is not None:

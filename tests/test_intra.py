@@ -197,7 +197,7 @@ def test_soft_intent_switch_mixes_label_texts_by_probability():
 
 def test_use_knowledge_switch_appends_the_comet_columns():
     from ray_sticker.config import ExperimentConfig
-    from ray_sticker.train.trainer import text_inputs
+    from ray_sticker.train.inputs import text_inputs
 
     exp = ExperimentConfig(task="select")
     (with_k,) = text_inputs(exp, get_model_config("intra-tiny"))

@@ -198,13 +198,13 @@ def test_zero_shot_evaluation_of_the_built_model_runs_and_parses(tmp_path):
     from ray_sticker.data import schema
     from ray_sticker.data.pipeline import preprocess_batch
     from ray_sticker.data.synthetic import make_classify_dataset
-    from ray_sticker.train.trainer import check_inputs, preprocess_spec
+    from ray_sticker.train.inputs import check_inputs
 
     data = str(tmp_path / "data")
     make_classify_dataset(data, num_rows=160, image_size=32, seed=2)  # 20 validation rows
     cfg = load_config("mllm-tiny", [f"data.uri={data}", "train.epochs=0"])
-    manifest, model_cfg, _ = check_inputs(cfg)
-    spec = preprocess_spec(cfg, model_cfg, manifest)
+    inputs = check_inputs(cfg)
+    model_cfg, spec = inputs.model_config, inputs.spec
     table = pads.dataset(schema.split_uri(schema.tables_uri(data), "validation"), format="parquet").to_table(
         columns=spec.columns())
     rows = preprocess_batch({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}, spec)

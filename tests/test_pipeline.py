@@ -16,7 +16,7 @@ from ray_sticker.data.pipeline import (
     split_schema,
 )
 from ray_sticker.data.text import TINY_TOKENIZER, load_tokenizer
-from ray_sticker.train.trainer import check_inputs
+from ray_sticker.train.inputs import check_inputs
 
 SIZE, LENGTH = 16, 20
 SPEC = PreprocessSpec(labels=(("sentiment", 3),), tokenizer=TINY_TOKENIZER, max_text_length=LENGTH,
@@ -204,9 +204,8 @@ def test_dataset_without_image_column_fails_naming_it(tmp_path):
     assert f"dataset {uri} split 'train'" in str(err.value)
     assert "missing column(s) image;" in str(err.value)
     # The text-only baseline does not need the image column.
-    manifest, model_cfg, _ = check_inputs(load_config("text-only-tiny", [f"data.uri={uri}",
-                                                                      "data.synthetic_if_missing=false"]))
-    assert manifest.name == "hand-made" and model_cfg["arch"] == "text-only"
+    inputs = check_inputs(load_config("text-only-tiny", [f"data.uri={uri}", "data.synthetic_if_missing=false"]))
+    assert inputs.manifest.name == "hand-made" and inputs.model_config["arch"] == "text-only"
 
 
 def test_check_inputs_rejects_head_size_different_from_label_map(tmp_path):
@@ -220,9 +219,9 @@ def test_check_inputs_rejects_head_size_different_from_label_map(tmp_path):
 def test_check_inputs_on_a_good_dataset_and_a_missing_one(tmp_path):
     uri = str(tmp_path / "good")
     _write_dataset(uri)
-    manifest, model_cfg, _ = check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}",
-                                                                  "data.synthetic_if_missing=false"]))
-    assert manifest.splits["train"] == 36 and model_cfg["heads"] == {"sentiment": 3}
+    inputs = check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}", "data.synthetic_if_missing=false"]))
+    assert inputs.train_rows == 36 and inputs.model_config["heads"] == {"sentiment": 3}
+    assert inputs.spec.columns() == ["example_id", "context", "image", "sentiment"]
     with pytest.raises(FileNotFoundError, match="ray-sticker prepare"):
         check_inputs(load_config("m2sa-tiny", [f"data.uri={tmp_path / 'none'}", "data.synthetic_if_missing=false"]))
     with pytest.raises(ValueError, match="has no split 'dev'"):
@@ -286,7 +285,7 @@ def test_row_bytes_is_what_a_preprocessed_row_holds(rows):
 
 
 def test_skip_counter_fails_above_the_threshold_naming_counts_and_reasons():
-    from ray_sticker.train.loop import RowCodes, SkipCounter
+    from ray_sticker.train.batches import RowCodes, SkipCounter
 
     counter = SkipCounter()
     counter.add(RowCodes(np.array([0, 1, 1, 3, 0], dtype=np.int8), np.array([1, 0, 0, 0, 1], dtype=bool)))

@@ -166,12 +166,13 @@ def test_local_ray_is_fixed_and_its_monitor_says_so(ray_cluster, monkeypatch):
 )
 def test_run_the_cluster_cannot_place_is_rejected_in_seconds(ray_cluster, tmp_path, overrides, message):
     from ray_sticker import storage
-    from ray_sticker.train.trainer import check_inputs, run_training
+    from ray_sticker.train.inputs import check_inputs
+    from ray_sticker.train.trainer import run_training
 
     cfg = load_config("m2sa-tiny", [f"data.uri={tmp_path / 'ds'}", "data.synthetic_if_missing=true",
                                     "data.synthetic_rows=64", f"train.storage_path={tmp_path / 'runs'}",
                                     "train.run_name=unplaceable", "train.epochs=1", *overrides])
-    check_inputs(cfg.resolved())  # the dataset is written before the clock starts
+    check_inputs(cfg)  # the dataset is written before the clock starts
     t0 = time.perf_counter()
     error = _finishes(lambda: run_training(cfg), seconds=60)
     elapsed = time.perf_counter() - t0

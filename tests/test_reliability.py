@@ -104,7 +104,7 @@ def test_empty_shards_and_cut_texts_flow_through_ray_data(ray_cluster, tmp_path)
 
     from ray_sticker.data import schema
     from ray_sticker.data.pipeline import build_dataset
-    from ray_sticker.train.trainer import check_inputs, preprocess_spec
+    from ray_sticker.train.inputs import check_inputs
 
     data = str(tmp_path / "data")
     make_classify_dataset(data, num_rows=100, image_size=32, rows_per_shard=30)
@@ -115,8 +115,9 @@ def test_empty_shards_and_cut_texts_flow_through_ray_data(ray_cluster, tmp_path)
 
     cfg = load_config("m2sa-tiny", [f"data.uri={data}", "data.synthetic_if_missing=false",
                                     "data.max_text_length=6"]).resolved()
-    manifest, model_cfg, _ = check_inputs(cfg)
-    ds = build_dataset(data, "train", preprocess_spec(cfg, model_cfg, manifest), batch_size=16)
+    inputs = check_inputs(cfg)
+    manifest = inputs.manifest
+    ds = build_dataset(data, "train", inputs.spec, batch_size=16)
     rows = truncated = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         rows += len(batch["skip"])

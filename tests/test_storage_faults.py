@@ -231,7 +231,7 @@ def _train(bucket: str, capsys, caplog, monkeypatch) -> tuple[int, str, float]:
     def no_fit(*args, **kwargs):
         raise AssertionError("training started although the input check should have failed")
 
-    monkeypatch.setattr(trainer, "_fit", no_fit)
+    monkeypatch.setattr(trainer, "fit", no_fit)
     ray_was_up = ray.is_initialized()
     caplog.set_level(logging.INFO)
     t0 = time.perf_counter()

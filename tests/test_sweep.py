@@ -14,7 +14,7 @@ import pytest
 
 from ray_sticker.cli import main as cli_main
 from ray_sticker.config import load_config
-from ray_sticker.train.trainer import check_inputs
+from ray_sticker.train.inputs import check_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -123,5 +123,5 @@ def test_sweep_asha_interrupt_resume_outputs_and_best_config(ray_cluster, tmp_pa
     assert "best: " in out and "learning_curves" in out
     best = load_config(str(exp / "best.yaml"))
     assert best.train.lr == 3e-3 and best.name == "lr-range-best"
-    manifest, _, _ = check_inputs(best)  # ready to train: dataset, model, columns and labels fit
-    assert manifest.splits["validation"] == 100
+    inputs = check_inputs(best)  # ready to train: dataset, model, columns and labels fit
+    assert inputs.manifest.splits["validation"] == 100

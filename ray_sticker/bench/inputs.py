@@ -11,16 +11,29 @@ import numpy as np
 
 from ray_sticker.config import ExperimentConfig, load_config
 from ray_sticker.data.pipeline import PreprocessSpec
+from ray_sticker.train.inputs import RunInputs, check_inputs
 
 
 @dataclass
 class BenchInputs:
-    cfg: ExperimentConfig  # resolved
-    model_cfg: dict[str, Any]
-    sticker_ids: tuple[str, ...]
-    spec: PreprocessSpec
-    train_rows: int
+    run: RunInputs
     source_image_px: int | None = None  # of a synthetic dataset
+
+    @property
+    def cfg(self) -> ExperimentConfig:  # resolved
+        return self.run.cfg
+
+    @property
+    def model_cfg(self) -> dict[str, Any]:
+        return self.run.model_config
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return self.run.spec
+
+    @property
+    def train_rows(self) -> int:
+        return self.run.train_rows
 
 
 def random_init_overrides(model_name: str) -> list[str]:
@@ -64,26 +77,15 @@ def prepare(cfg: ExperimentConfig, image_px: int | None = None) -> BenchInputs:
     (with ``image_px`` source images when given, else as training would write it)."""
     from ray_sticker import storage
     from ray_sticker.data import schema
-    from ray_sticker.train.trainer import check_inputs, preprocess_spec
 
     missing = not storage.exists(storage.join(cfg.data.uri, schema.MANIFEST))
     if image_px not in (None, SYNTHETIC_IMAGE_PX) and cfg.data.synthetic_if_missing and missing:
-        _write_synthetic(cfg, image_px)
-    manifest, model_cfg, sticker_ids = check_inputs(cfg)
-    spec = preprocess_spec(cfg, model_cfg, manifest, sticker_ids)
-    return BenchInputs(cfg, model_cfg, sticker_ids, spec, manifest.splits[cfg.data.train_split],
-                       manifest.extra.get("image_size") if manifest.source_format == "synthetic" else None)
+        from ray_sticker.data.embedded import make_synthetic
 
-
-def _write_synthetic(cfg: ExperimentConfig, image_px: int) -> None:
-    if cfg.task == "select":
-        from ray_sticker.data.synthetic_select import make_select_dataset
-
-        make_select_dataset(cfg.data.uri, num_rows=cfg.data.synthetic_rows, seed=cfg.train.seed, image_size=image_px)
-    else:
-        from ray_sticker.data.synthetic import make_classify_dataset
-
-        make_classify_dataset(cfg.data.uri, num_rows=cfg.data.synthetic_rows, seed=cfg.train.seed, image_size=image_px)
+        make_synthetic(cfg.data.uri, cfg.task, cfg.data.synthetic_rows, cfg.train.seed, image_size=image_px)
+    run = check_inputs(cfg)
+    manifest = run.manifest
+    return BenchInputs(run, manifest.extra.get("image_size") if manifest.source_format == "synthetic" else None)
 
 
 def split_dataset(inputs: BenchInputs):
@@ -119,25 +121,14 @@ def sample_batch(inputs: BenchInputs, batch_size: int) -> dict[str, np.ndarray]:
     return out
 
 
-def load_pool(inputs: BenchInputs) -> dict[str, np.ndarray] | None:
-    """The decoded sticker pool of a selection config (what each worker holds), else None."""
-    if inputs.cfg.task != "select":
-        return None
-    from ray_sticker.data.pipeline import load_sticker_pool
-    from ray_sticker.train.trainer import pool_spec
-
-    return load_sticker_pool(inputs.cfg.data.uri, pool_spec(inputs.cfg, inputs.model_cfg), list(inputs.sticker_ids),
-                             inputs.cfg.data.max_corrupt_fraction)
-
-
-def torch_batch(batch: dict[str, np.ndarray], pool: dict[str, np.ndarray] | None, device) -> dict[str, Any]:
-    """A numpy batch on ``device``, with its candidates gathered from the pool (selection),
-    as the training loop hands it to the model."""
+def torch_batch(batch: dict[str, np.ndarray], pool: dict[str, Any] | None, device) -> dict[str, Any]:
+    """A numpy batch on ``device``, with its candidates gathered from the pool (selection, the
+    tensors of ``RunInputs.load_pool``), as the training loop hands it to the model."""
     import torch
 
-    from ray_sticker.train.evaluation import attach_candidates
+    from ray_sticker.train.batches import attach_candidates
 
     out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
     if pool is not None:
-        out = attach_candidates(out, {k: torch.from_numpy(v).to(device) for k, v in pool.items()})
+        out = attach_candidates(out, {k: v.to(device) for k, v in pool.items()})
     return out

@@ -8,10 +8,8 @@ import json
 import math
 import os
 import platform
-import statistics
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 Goal = tuple[str, float]  # on a row's ratio: (">=", b), ("<=", b), or ("~", tol): within 1 +/- tol
 
@@ -63,16 +61,6 @@ def goal_text(goal: Goal | None) -> str:
     return f"1 +/- {goal[1]:g}" if goal[0] == "~" else f"{goal[0]} {goal[1]:g}"
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    """(median, all) seconds of ``repeats`` calls of ``fn``."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
 @dataclass
 class BenchResult:
     """One benchmark's figures. ``rows`` are dicts keyed by ``columns``' keys; every row may
@@ -94,7 +82,7 @@ class BenchResult:
         return row
 
     def table(self) -> str:
-        from ray_sticker.cli import format_table
+        from ray_sticker.console import format_table
 
         columns = [c for c in self.columns if any(r.get(c[1]) not in (None, "") for r in self.rows)]
         lines = [self.title, "", format_table(self.rows, columns), ""]

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from ray_sticker.bench.inputs import bench_config, load_pool, prepare, sample_batch, torch_batch
+from ray_sticker.bench.inputs import bench_config, prepare, sample_batch, torch_batch
 from ray_sticker.bench.procgroup import process_group
 from ray_sticker.bench.report import BenchResult, Goal
 
@@ -176,12 +176,11 @@ def _pipeline_run(inputs, engine, opts: StepOptions, batch_size: int, device: to
     from ray_sticker.data.pipeline import build_dataset
     from ray_sticker.runtime import init_ray
     from ray_sticker.train.augment import random_resized_crop_flip
-    from ray_sticker.train.evaluation import attach_candidates
+    from ray_sticker.train.batches import attach_candidates
 
     cfg = inputs.cfg
     init_ray(opts.address)
-    pool = load_pool(inputs)
-    pool_t = {k: torch.from_numpy(v).to(device) for k, v in pool.items()} if pool is not None else None
+    pool_t = inputs.run.load_pool(device)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     wanted = opts.warmup + opts.steps * opts.repeats
     waited = stepped = 0.0
@@ -259,7 +258,7 @@ def run_step(opts: StepOptions) -> BenchResult:
         return result
     on_gpu = device.type == "cuda"
     inputs = prepare(cfg)
-    batch = torch_batch(sample_batch(inputs, cfg.train.batch_size), load_pool(inputs), device)
+    batch = torch_batch(sample_batch(inputs, cfg.train.batch_size), inputs.run.load_pool(), device)
     from ray_sticker.train.engine import resolve_precision
 
     precision = resolve_precision(cfg, on_gpu)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_sticker.bench.inputs import bench_config, load_pool, prepare, sample_batch
+from ray_sticker.bench.inputs import bench_config, prepare, sample_batch
 from ray_sticker.bench.report import BenchResult, Goal
 
 MATCH_GOAL: Goal = ("~", 0.1)  # measured / expected within 10%
@@ -143,7 +143,7 @@ def run_zero(opts: ZeroOptions) -> BenchResult:
     cfg = bench_config(opts.config, overrides, opts.rows)
     inputs = prepare(cfg)
     job = {"experiment": cfg.to_dict(), "model_config": inputs.model_cfg, "stages": list(opts.stages),
-           "batch": sample_batch(inputs, cfg.train.batch_size), "pool": load_pool(inputs), "threads": opts.threads}
+           "batch": sample_batch(inputs, cfg.train.batch_size), "pool": inputs.run.load_pool(), "threads": opts.threads}
     found = _measure(opts, job)
 
     result = BenchResult(

@@ -41,9 +41,6 @@ from ray_sticker import storage
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
-# Label columns known to the canonical schema; each is int32, null where unlabelled.
-LABEL_COLUMNS = ("sentiment", "intent", "emotion")
-
 EXAMPLES_SCHEMA = pa.schema(
     [
         pa.field("example_id", pa.string(), nullable=False),

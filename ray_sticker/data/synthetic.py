@@ -51,7 +51,7 @@ VOCABULARY = POSITIVE + NEGATIVE + NEUTRAL + FILLER + ASSERTIONS + QUESTIONS + T
 VERSION = "2"
 
 
-def _with_cues(rng: np.random.Generator, cues: list[str], filler: list[str] = FILLER, lo: int = 4,
+def with_cues(rng: np.random.Generator, cues: list[str], filler: list[str] = FILLER, lo: int = 4,
                hi: int = 9) -> str:
     words = list(rng.choice(filler, size=int(rng.integers(lo, hi))))
     for cue in cues:
@@ -61,14 +61,14 @@ def _with_cues(rng: np.random.Generator, cues: list[str], filler: list[str] = FI
 
 def _text(rng: np.random.Generator, cue: int, act: int) -> str:
     pool = {1: POSITIVE, 0: NEUTRAL, -1: NEGATIVE}[cue]
-    return _with_cues(rng, [str(rng.choice(pool)), str(rng.choice(QUESTIONS if act else ASSERTIONS))])
+    return with_cues(rng, [str(rng.choice(pool)), str(rng.choice(QUESTIONS if act else ASSERTIONS))])
 
 
 def _image(rng: np.random.Generator, cue: int, size: int) -> bytes:
-    return _cue_image(rng, CUE_COLOURS[cue], "disk", size)
+    return cue_image(rng, CUE_COLOURS[cue], "disk", size)
 
 
-def _cue_image(rng: np.random.Generator, colour: tuple[int, int, int], shape: str, size: int) -> bytes:
+def cue_image(rng: np.random.Generator, colour: tuple[int, int, int], shape: str, size: int) -> bytes:
     """A large ``shape`` of (a jittered) ``colour`` on a noisy dark background, PNG bytes."""
     base = rng.integers(20, 90, size=3)
     noise = rng.integers(-20, 21, size=(size, size, 3))
@@ -157,3 +157,4 @@ def make_classify_dataset(uri: str, num_rows: int = 2400, seed: int = 0, image_s
     )
     schema.write_manifest(uri, manifest)
     return manifest
+

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from ray_sticker import storage
 from ray_sticker.data import schema
-from ray_sticker.data.synthetic import FILLER, SPLITS, VERSION, _cue_image, _with_cues, write_examples
+from ray_sticker.data.synthetic import FILLER, SPLITS, VERSION, cue_image, with_cues, write_examples
 
 EMOTION_LABELS = ["good", "joy", "sadness", "anger", "fear", "disgust", "surprise"]
 INTENT_LABELS = ["greet", "thank", "complain", "ask"]
@@ -62,7 +62,7 @@ def stickers_table(stickers_per_pair: int = 3, seed: int = 0, image_size: int = 
         for i in range(len(INTENT_LABELS)):
             for k in range(stickers_per_pair):
                 rows["sticker_id"].append(f"st-{e}{i}{k}")
-                rows["image"].append(_cue_image(rng, EMOTION_COLOURS[e], SHAPES[i], image_size))
+                rows["image"].append(cue_image(rng, EMOTION_COLOURS[e], SHAPES[i], image_size))
                 rows["set_id"].append(f"set-{e}")
                 rows["ocr_text"].append(VERBAL[i])
                 rows["emotion"].append(e)
@@ -103,8 +103,8 @@ def select_rows(num_rows: int, stickers: pa.Table, seed: int = 0) -> pa.Table:
             cues.append(str(rng.choice(EMOTION_WORDS[e])))
         if rng.random() < 0.5:
             cues.append(str(rng.choice(INTENT_WORDS[i])))
-        turns = [_with_cues(rng, [], FILLER, 3, 7) for _ in range(int(rng.integers(1, 3)))]
-        turns.append(_with_cues(rng, cues, FILLER, 3, 7))
+        turns = [with_cues(rng, [], FILLER, 3, 7) for _ in range(int(rng.integers(1, 3)))]
+        turns.append(with_cues(rng, cues, FILLER, 3, 7))
         positive = by_pair[(e, i)][int(rng.integers(len(by_pair[(e, i)])))]
         rows["example_id"].append(f"sel-{n:06d}")
         rows["split"].append(names[int(np.searchsorted(bounds, n, side="right"))])

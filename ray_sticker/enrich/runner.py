@@ -138,13 +138,12 @@ class Plan:
 def ensure_dataset(spec: EnrichSpec) -> None:
     """Write the synthetic selection dataset to ``spec.dataset`` when asked and missing (or
     stale), the way experiment configs do with ``data.synthetic_if_missing``."""
-    if not spec.synthetic_if_missing:
-        return
-    from ray_sticker.config import DataConfig, ExperimentConfig
-    from ray_sticker.train import trainer
+    if spec.synthetic_if_missing:
+        from ray_sticker.config import TrainConfig
+        from ray_sticker.data.embedded import ensure_synthetic
 
-    trainer.ensure_dataset(ExperimentConfig(task="select", data=DataConfig(
-        uri=spec.dataset, synthetic_if_missing=True, synthetic_rows=spec.synthetic_rows)))
+        # The experiment configs' default seed: a tiny experiment finds the same dataset there.
+        ensure_synthetic(spec.dataset, "select", spec.synthetic_rows, seed=TrainConfig().seed)
 
 
 def _table_dirs(spec: EnrichSpec, manifest: schema.Manifest, table: str, root: str) -> list[str]:

@@ -11,9 +11,10 @@ import copy
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # configs are read and validated without importing torch
+    from torch import nn
 
 _BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
 _EXTRA_CONFIGS: dict[str, dict[str, Any]] = {}

@@ -23,7 +23,7 @@ from ray.tune import Callback
 from ray_sticker import storage
 from ray_sticker.config import set_values, validate
 from ray_sticker.sweep.spec import SweepSpec
-from ray_sticker.train.plots import _png
+from ray_sticker.train.plots import png_bytes
 
 RESULTS = "results"
 BEST = "best.yaml"
@@ -177,7 +177,7 @@ def plot_metric_vs_field(rows: list[dict[str, Any]], field: str, metric: str, ur
     ax.set_ylabel(f"{metric} (last epoch)")
     ax.set_title(f"{metric} vs {field}")
     ax.grid(alpha=0.3)
-    storage.write_bytes(uri, _png(fig))
+    storage.write_bytes(uri, png_bytes(fig))
 
 
 def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], metric: str, uri: str) -> None:
@@ -198,7 +198,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], metric: str
         ax.grid(alpha=0.3)
         if i == 0 and 0 < len(histories) <= 12:
             ax.legend(fontsize=7)
-    storage.write_bytes(uri, _png(fig))
+    storage.write_bytes(uri, png_bytes(fig))
 
 
 def write_outputs(spec: SweepSpec, base: dict[str, Any], exp_dir: str, trials: list,

@@ -67,7 +67,7 @@ def check_sweep(spec: SweepSpec, base: dict[str, Any], data: bool = True) -> Non
     once here when the config asks for it)."""
     from ray_sticker.models.params import count
     from ray_sticker.models.registry import get_model_config
-    from ray_sticker.train.trainer import check_inputs
+    from ray_sticker.train.inputs import check_inputs
 
     built: list[dict[str, Any]] = []
     for values in spec.representative_values():
@@ -138,10 +138,10 @@ def _run_trial(params: dict[str, Any], spec_data: dict[str, Any], base: dict[str
     restored trial resumes its run from the latest checkpoint."""
     from ray import tune
 
-    from ray_sticker.train.loop import _worker_logging
+    from ray_sticker.runtime import worker_logging
     from ray_sticker.train.trainer import run_training
 
-    _worker_logging()
+    worker_logging()
     quiet_data_progress()
     spec = SweepSpec.model_validate(spec_data)
     trial_id = tune.get_context().get_trial_id()

@@ -1,5 +1,6 @@
-"""Evaluation over the whole evaluation set, shared by the training loop and
-``ray-sticker evaluate``: per-batch accumulation on each rank, gathering, metrics, plots.
+"""Evaluation of a model on a dataset split: one :func:`evaluate` for the training loop (each
+rank its shard, the metrics gathered) and ``ray-sticker evaluate`` (one process, the whole
+split), with the same skip accounting and thresholds; then metrics and plots.
 
 - classification heads: accuracy, weighted-F1, macro-F1 and a confusion matrix per head
   (rows with label -1 are left out of that head);
@@ -11,20 +12,93 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import torch
 
+from ray_sticker.config import ConfigError, ExperimentConfig
+from ray_sticker.data.pipeline import DataQualityError
 from ray_sticker.train import metrics as M
+from ray_sticker.train.batches import SkipCounter, attach_candidates, keep_usable
 
 
-def attach_candidates(batch: dict[str, torch.Tensor], pool: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Gather the candidates' pool rows into the batch as ``candidate_<key>`` (B, K, ...)."""
-    idx = batch["candidate_idx"]
-    for key, value in pool.items():
-        batch[f"candidate_{key}"] = value[idx]
-    return batch
+def evaluate(runner, split, cfg: ExperimentConfig, batch_size: int, device: torch.device | str = "cpu",
+             pool: dict[str, torch.Tensor] | None = None, filler: dict[str, torch.Tensor] | None = None,
+             prefix: str = "val_", where: str = "validation") -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of ``runner`` (a DeepSpeed engine or a plain model) over ``split`` (this rank's
+    shard, or a whole Ray Dataset), gathered over ranks and named ``<prefix><metric>``, and the
+    artifacts to plot. Rows the pipeline skipped (``where`` names the split in errors) are counted, and fail the evaluation above
+    ``data.max_corrupt_fraction``. Shards may differ in size (no row dropped): inside a
+    process group, ranks that run out keep running forward on a filler batch (their last
+    batch, or ``filler``), discarded, until all are done, so ZeRO-3's collectives stay matched."""
+    model = getattr(runner, "module", runner)
+    heads = dict(getattr(model, "heads_spec", {}))
+    full_pool = pool is not None and cfg.data.eval_candidates == "pool"
+    if full_pool and not (hasattr(model, "embed_stickers") and hasattr(model, "embed_queries")):
+        raise ConfigError(f"data.eval_candidates=pool needs a two-tower model (embed_queries/embed_stickers); "
+                          f"'{cfg.model.name}' scores candidates jointly: use eval_candidates=candidates")
+    acc = Evaluation(heads, select=pool is not None,
+                     pool_relevance=pool["intent"].cpu().numpy() if full_pool else None)
+    skips = SkipCounter()
+    collective = M.distributed() is not None
+    it = iter(split.iter_torch_batches(batch_size=batch_size, device=device, drop_last=False))
+    if collective and filler is None and cfg.deepspeed.zero_stage == 3:  # e.g. evaluation only
+        first = next(it, None)
+        filler = _batch_from_any_rank(first, pool, device)
+        if first is not None:
+            it = itertools.chain([first], it)
+    last = filler
+    was_training = runner.training
+    runner.eval()
+    with torch.no_grad():
+        sticker_emb = embed_pool(model, pool, batch_size) if full_pool else None
+        while True:
+            batch = next(it, None)
+            if not collective and batch is None:
+                break
+            if collective and M.all_reduce_sum([1.0 if batch is not None else 0.0])[0] == 0:
+                break
+            if batch is None:  # this rank is done; the others are not
+                if last is not None:  # ZeRO 0-2 (no filler): forward has no collectives to match
+                    runner(last)
+                    if full_pool:
+                        pool_scores(model, last, sticker_emb)
+                continue
+            batch, codes, empty = keep_usable(batch)
+            skips.add(codes)
+            if pool is not None:
+                batch = attach_candidates(batch, pool)
+            last = batch
+            out = runner(batch)
+            scores = pool_scores(model, batch, sticker_emb) if full_pool else None
+            if empty:
+                continue
+            acc.add(batch, out)
+            if full_pool:
+                acc.add_pool(batch, scores)
+    runner.train(was_training)
+    metrics, artifacts = compute_metrics(M.gather_arrays(acc.local_arrays()), heads)
+    metrics.update(skips.check(cfg.data.max_corrupt_fraction, where))
+    return {f"{prefix}{k}": v for k, v in metrics.items()}, artifacts
+
+
+def _batch_from_any_rank(batch: dict[str, torch.Tensor] | None, pool: dict[str, torch.Tensor] | None,
+                         device: torch.device | str) -> dict[str, torch.Tensor] | None:
+    """A usable batch from the first rank that has one (all ranks call this), on ``device``."""
+    dist = M.distributed()
+    local = None
+    if batch is not None:
+        usable, _, _ = keep_usable(dict(batch))
+        local = {k: v.cpu() for k, v in usable.items()}
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    found = next((p for p in parts if p is not None), None)
+    if found is None:
+        raise DataQualityError("the evaluation split has no rows")
+    found = {k: v.to(device) for k, v in found.items()}
+    return attach_candidates(found, pool) if pool is not None else found
 
 
 def embed_pool(model, pool: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
@@ -141,19 +215,20 @@ def compute_metrics(full: dict[str, np.ndarray], heads: dict[str, int]) -> tuple
     return metrics, artifacts
 
 
-def save_plots(run_dir: str, artifacts: dict[str, Any], label_maps: dict[str, list[str]], title: str) -> list[str]:
-    """PNG files of the confusion matrices and the PR curve in ``run_dir``; returns their URIs."""
+def save_plots(run_dir: str, artifacts: dict[str, Any], label_maps: dict[str, list[str]], title: str
+               ) -> dict[str, bytes]:
+    """``<key>.png`` of each confusion matrix and the PR curve in ``run_dir``; returns the PNGs by key."""
     from ray_sticker import storage
     from ray_sticker.train import plots
 
-    written = []
+    written = {}
     for key, value in artifacts.items():
         uri = storage.join(run_dir, f"{key}.png")
         if key.startswith("confusion_"):
             head = key[len("confusion_"):]
             names = label_maps.get(head) or [str(i) for i in range(value.shape[0])]
-            plots.save_confusion_matrix(value, names, uri, f"{title}: {head}")
+            written[key] = plots.save_confusion_matrix(value, names, uri, f"{title}: {head}")
         elif key == "pr_curve":
-            plots.save_pr_curve(value[0], value[1], uri, f"{title}: precision-recall over the sticker pool")
-        written.append(uri)
+            written[key] = plots.save_pr_curve(value[0], value[1], uri,
+                                               f"{title}: precision-recall over the sticker pool")
     return written

@@ -55,14 +55,31 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
 
 def gather_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Concatenate each named array over all ranks (every rank gets the result)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    dist = distributed()
+    if dist is None or dist.get_world_size() == 1:
         return arrays
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, arrays)
     # Ranks without rows may hold (0, 0)-shaped arrays: leave them out of the concatenation.
     return {k: np.concatenate([p[k] for p in parts if p[k].size] or [arrays[k]]) for k in arrays}
+
+
+def distributed():
+    """``torch.distributed`` when a process group is up (inside Ray Train workers), else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Each value summed over all ranks (itself outside a process group)."""
+    import torch
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist = distributed()
+    if dist is not None:
+        dist.all_reduce(t)
+    return t.tolist()
 
 
 # ------------------------------------------------------------------ selection among candidates

@@ -15,7 +15,7 @@ import numpy as np
 from ray_sticker import storage
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -24,7 +24,7 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def save_confusion_matrix(cm: np.ndarray, label_names: Sequence[str], uri: str, title: str) -> None:
+def save_confusion_matrix(cm: np.ndarray, label_names: Sequence[str], uri: str, title: str) -> bytes:
     """``cm[i, j]`` = examples of true class i predicted as j. Cells are coloured by the share
     of their row (recall per class) and labelled with the count."""
     from matplotlib.figure import Figure
@@ -49,10 +49,12 @@ def save_confusion_matrix(cm: np.ndarray, label_names: Sequence[str], uri: str, 
         for j in range(n):
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.5 else "black")
-    storage.write_bytes(uri, _png(fig))
+    png = png_bytes(fig)
+    storage.write_bytes(uri, png)
+    return png
 
 
-def save_pr_curve(recall: np.ndarray, precision: np.ndarray, uri: str, title: str) -> None:
+def save_pr_curve(recall: np.ndarray, precision: np.ndarray, uri: str, title: str) -> bytes:
     """A precision-recall curve (e.g. :func:`ray_sticker.train.metrics.pr_curve`)."""
     from matplotlib.figure import Figure
 
@@ -69,4 +71,6 @@ def save_pr_curve(recall: np.ndarray, precision: np.ndarray, uri: str, title: st
     ax.set_ylabel("precision")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    storage.write_bytes(uri, _png(fig))
+    png = png_bytes(fig)
+    storage.write_bytes(uri, png)
+    return png

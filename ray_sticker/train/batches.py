@@ -1,0 +1,89 @@
+"""What training and evaluation do alike to each batch the pipeline delivers: drop the rows it
+marked unusable (counted per reason, summed over ranks, checked against
+``data.max_corrupt_fraction``) and gather each example's candidates from the sticker pool."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+from ray_sticker.data.pipeline import SKIP_OK, SKIP_REASONS, DataQualityError, count_skips
+from ray_sticker.train.metrics import all_reduce_sum
+
+
+class RowCodes(NamedTuple):
+    """What the pipeline says of each row of a batch: its skip code, and whether text was cut."""
+
+    skip: np.ndarray
+    truncated: np.ndarray
+
+
+def keep_usable(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], RowCodes, bool]:
+    """Drop rows the pipeline marked unusable; returns (batch, row codes, all-skipped flag).
+    A fully skipped batch keeps one row with zero loss weight so every rank still runs the
+    same collectives (ZeRO-3 gathers parameters inside forward)."""
+    skip = batch.pop("skip")
+    truncated = batch.pop("truncated", None)
+    codes = RowCodes(skip.cpu().numpy(), truncated.cpu().numpy() > 0 if truncated is not None
+                     else np.zeros(len(skip), dtype=bool))
+    keep = skip == SKIP_OK
+    empty = not bool(keep.any())
+    if empty:
+        keep[0] = True
+    if bool(keep.all()):
+        return batch, codes, empty
+    return {k: v[keep] for k, v in batch.items()}, codes, empty
+
+
+def attach_candidates(batch: dict[str, torch.Tensor], pool: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gather the candidates' pool rows into the batch as ``candidate_<key>`` (B, K, ...)."""
+    idx = batch["candidate_idx"]
+    for key, value in pool.items():
+        batch[f"candidate_{key}"] = value[idx]
+    return batch
+
+
+def timed(iterable: Iterable) -> Iterator[tuple[Any, float]]:
+    """Yield (item, seconds spent waiting for it)."""
+    it = iter(iterable)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        yield item, time.perf_counter() - t0
+
+
+class SkipCounter:
+    """Rows seen, skipped per reason, and with text cut at its input's ``max_length``."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.truncated = 0
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, codes: RowCodes) -> None:
+        self.seen += int(codes.skip.size)
+        self.truncated += int(np.count_nonzero(codes.truncated))
+        for reason, n in count_skips(codes.skip).items():
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + n
+
+    def check(self, max_fraction: float, where: str) -> dict[str, float]:
+        """Sum over ranks; raise DataQualityError above the threshold; return the counts."""
+        reasons = list(SKIP_REASONS.values())
+        totals = all_reduce_sum([self.seen, self.truncated] + [self.by_reason.get(r, 0) for r in reasons])
+        seen, truncated = int(totals[0]), int(totals[1])
+        counts = {r: int(c) for r, c in zip(reasons, totals[2:]) if c}
+        skipped = sum(counts.values())
+        if seen and skipped / seen > max_fraction:
+            detail = ", ".join(f"{n} {r}" for r, n in counts.items())
+            raise DataQualityError(
+                f"{where}: skipped {skipped} of {seen} rows ({skipped / seen:.1%}: {detail}), "
+                f"above data.max_corrupt_fraction={max_fraction}"
+            )
+        return {"rows_seen": seen, "rows_skipped": skipped, "rows_text_truncated": truncated,
+                **{f"skipped[{r}]": n for r, n in counts.items()}}
