@@ -44,6 +44,22 @@ class _ConsoleFilter(logging.Filter):
         return record.levelno >= (self.level if ours else logging.ERROR)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` (or ``sys.stderr``) is when a record comes."""
+
+    def __init__(self, stderr: bool):
+        self._stderr = stderr
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr if self._stderr else sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the property decides
+        pass
+
+
 class _ConsoleFormatter(logging.Formatter):
     """Progress and information as plain lines; warnings and errors say so."""
 
@@ -74,7 +90,7 @@ def setup_logging(command: str, verbose: bool = False, quiet: bool = False) -> s
     to_file = logging.FileHandler(path)
     to_file.setLevel(logging.INFO)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    console = logging.StreamHandler(sys.stderr if quiet else sys.stdout)
+    console = _ConsoleHandler(stderr=quiet)
     if verbose:
         console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:

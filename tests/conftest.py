@@ -24,6 +24,21 @@ import pytest
 
 S3_START_TIMEOUT_S = 60.0
 
+# Ray Train's settings for runs of seconds (read from the driver's environment and passed to
+# each run's controller): its controller polls the workers every 2 s by default, so every
+# start and end of a run waits up to that long; the preemption watcher, metrics and
+# structured logs start actors and files that a test on one machine never reads.
+RAY_TRAIN_TEST_SETTINGS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
+    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+}
+for _name, _value in RAY_TRAIN_TEST_SETTINGS.items():
+    os.environ.setdefault(_name, _value)
+
 
 def _weed_binary() -> str | None:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])

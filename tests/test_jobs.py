@@ -117,6 +117,11 @@ def test_submit_training_job_and_fetch_logs(ray_head, job_dataset, tmp_path):
     logs = ray_head.ray("logs", "rs-train")
     assert logs.returncode == 0
     assert "val acc" in logs.stdout and "m2sa-tiny" in logs.stdout
+    # A clean console: the progress line and the table; Ray's, DeepSpeed's and the workers'
+    # output is in the log file and Ray's own logs, not here.
+    assert "job epoch 1/1 step " in logs.stdout
+    for noise in ("RayTrainWorker", "repeated", "Warning", "[WARNING]", "INFO", "Token authentication"):
+        assert noise not in logs.stdout, (noise, logs.stdout[-3000:])
 
 
 def test_failing_job_makes_submit_fail_with_the_reason(ray_head, job_dataset, tmp_path):
@@ -131,7 +136,7 @@ def test_stop_ends_a_long_job(ray_head, job_dataset, tmp_path):
                            *_train_args(job_dataset, tmp_path, "long", "train.epochs=1000"))
     assert started.returncode == 0, started.stderr[-2000:]
     deadline = time.monotonic() + 180
-    while "worker setup" not in ray_head.ray("logs", "rs-long").stdout:  # training is under way
+    while "long epoch 1/1000" not in ray_head.ray("logs", "rs-long").stdout:  # training is under way
         assert time.monotonic() < deadline, ray_head.ray("logs", "rs-long").stdout[-2000:]
         time.sleep(3)
     stop = ray_head.ray("stop", "rs-long")

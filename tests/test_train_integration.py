@@ -2,6 +2,8 @@
 a real S3 server (SeaweedFS) for the dataset and the run storage."""
 
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from ray_sticker.evaluate import evaluate_export
 from ray_sticker.models.registry import build_model
 from ray_sticker.train.export import load_model
 from ray_sticker.train.loop import set_seed
+from ray_sticker.train.tracking import read_image_tags, read_scalars
 from ray_sticker.train.trainer import run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -64,14 +67,23 @@ def test_zero2_from_s3_checkpoints_in_bucket_and_resume(ray_cluster, s3_env, s3_
     assert second.history[2]["global_step"] == first.history[1]["global_step"] + steps_per_epoch
     assert second.final["val_accuracy"] > 0.8, second.final  # best unimodal: 5/9
 
+    # TensorBoard events in the bucket: every epoch once, the resumed run's in a file of its own.
+    scalars = read_scalars(f"{run_dir}/tensorboard")
+    assert [s for s, _ in scalars["epoch/train_loss"]] == [0, 1, 1, 2]
+    assert scalars["epoch/val_accuracy"][-1][1] == pytest.approx(second.final["val_accuracy"])
+    assert "confusion_sentiment" in read_image_tags(f"{run_dir}/tensorboard")
+
     # The consolidated export, read back from S3, evaluates on the test split.
     metrics = evaluate_export(second.export_uri, split="test")
     assert metrics["examples"] == 300
     assert metrics["sentiment_accuracy"] > 0.7, metrics
 
 
-def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_path):
-    """ZeRO-3 with a frozen text tower, its own vision learning rate and gradient accumulation."""
+def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_path, monkeypatch):
+    """ZeRO-3 with a frozen text tower, its own vision learning rate and gradient accumulation;
+    its metrics tracked in TensorBoard and an MLflow file store."""
+    mlruns = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{mlruns}")
     data = str(tmp_path / "corrupt")
     make_classify_dataset(data, num_rows=800, image_size=32, corrupt_fraction=0.05, seed=3)
     cfg = _tiny("m2sa-tiny", f"data.uri={data}", f"train.storage_path={tmp_path / 'runs'}",
@@ -79,6 +91,7 @@ def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_pat
                 "model.freeze_text=true", "model.vision_lr=1e-2", "deepspeed.gradient_accumulation_steps=2")
     result = run_training(cfg)
     final = result.final
+    _check_tracking(result, mlruns, cfg.name)
     micro_batches = math.ceil(300 / cfg.train.batch_size)  # 600 train rows over 2 ranks
     assert final["global_step"] == math.ceil(micro_batches / 2)
     # Per-tower learning rates survive ZeRO-3's optimizer wrapping; no group for the frozen tower.
@@ -112,10 +125,35 @@ def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_pat
 
 
 
+def _check_tracking(result, mlruns, experiment: str) -> None:
+    """The run's TensorBoard events hold its metrics per epoch and per step, and its plots; the
+    MLflow run of its name holds the same per-epoch figures."""
+    from mlflow.tracking import MlflowClient
+
+    scalars = read_scalars(f"{result.run_dir}/tensorboard")
+    for key in ("train_loss", "val_accuracy", "samples_per_s", "train_skipped[corrupt image]"):
+        assert scalars[f"epoch/{key}"] == [(0, pytest.approx(result.final[key]))], key
+    assert [s for s, _ in scalars["step/loss"]] and "confusion_sentiment" in read_image_tags(f"{result.run_dir}/tensorboard")
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 opens file stores only when asked
+    try:
+        client = MlflowClient(f"file://{mlruns}")
+        (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    finally:
+        del os.environ["MLFLOW_ALLOW_FILE_STORE"]
+    assert run.info.run_name == result.name and run.info.status == "FINISHED"
+    assert run.data.metrics["epoch/val_accuracy"] == pytest.approx(result.final["val_accuracy"])
+    assert run.data.params["train.epochs"] == "1"
+    assert "confusion_sentiment-step0.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
 def test_demo_multimodal_beats_both_unimodal_baselines(ray_cluster, capsys):
-    """`ray-sticker train` with no arguments: the embedded default and its results table."""
-    assert cli_main(["-q", "train"]) == 0
+    """`ray-sticker train` with no arguments: the embedded default, a progress line per epoch
+    and run, and its results table."""
+    assert cli_main(["train", "train.epochs=1"]) == 0  # one epoch shows the gap (two: the README's figures)
     out = capsys.readouterr().out
+    for name in ("m2sa-tiny", "text-only-tiny", "image-only-tiny"):
+        assert re.search(rf"^{name}-\S+ epoch 1/1 step \d+ \| loss [\d.]+ \| val_accuracy [\d.]+ \| \d+ samples/s "
+                         rf"\| data wait \d+% \| [\d.]+ s \| ETA 0 s$", out, re.M), out
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in ("m2sa-tiny", "text-only-tiny", "image-only-tiny")}
     acc = {name: float(cols[1]) for name, cols in rows.items()}

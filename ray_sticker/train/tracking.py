@@ -48,6 +48,8 @@ _MLFLOW_BAD_CHARS = re.compile(r"[^\w./ -]")
 
 @dataclass(frozen=True)
 class TrackingConfig:
+    """Where a run's tracking goes; made on the driver (:meth:`from_env`), carried to rank 0."""
+
     run_dir: str  # local path or s3:// URI of the run directory
     run_name: str
     experiment: str  # MLflow experiment name
