@@ -94,7 +94,7 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _registered(cls, name: str) -> str:
-        from ray_sticker.models.registry import list_models
+        from ray_sticker.architectures import list_models
 
         if name not in list_models():
             raise ValueError(f"unknown model; registered: {', '.join(list_models())}")

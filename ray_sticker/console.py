@@ -120,15 +120,15 @@ def _console_handler(handler: logging.Handler) -> bool:
 
 def route_library_loggers() -> None:
     """Once :func:`setup_logging` has run: the libraries that print through console handlers of
-    their own log through the root logger's handlers instead. Ray's and Ray Data's loggers
-    (configured when ``ray`` and ``ray.data`` are imported: call this after, as ``init_ray``
+    their own log through the root logger's handlers instead. Ray's, Ray Data's, torch's and
+    transformers' loggers (configured when they are imported: call this after, as ``init_ray``
     does) lose their console handlers and propagate; DeepSpeed's gets a filter that outlives
     the handler it adds whenever it is imported."""
     if not any(getattr(h, _OURS, False) for h in logging.getLogger().handlers):
         return
-    for name in ("ray", "ray.data"):
-        logger = logging.getLogger(name)
-        for handler in [h for h in logger.handlers if _console_handler(h)]:
+    for name, console_only in (("ray", True), ("ray.data", True), ("torch", False), ("transformers", False)):
+        logger = logging.getLogger(name)  # Ray's keep their session log files; torch's handler is a console one
+        for handler in [h for h in logger.handlers if _console_handler(h) or not console_only]:
             logger.removeHandler(handler)
         logger.propagate = True
     deepspeed = logging.getLogger("DeepSpeed")

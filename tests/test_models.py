@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ray_sticker.data import synthetic
 from ray_sticker.data.pipeline import PreprocessSpec, preprocess_batch
+from ray_sticker import architectures
 from ray_sticker.models import registry
 from ray_sticker.data.text import TINY_TOKENIZER, load_tokenizer, tiny_vocab_size
 from ray_sticker.models.encoders import TextTower, VisionTower
@@ -95,7 +96,7 @@ def test_add_model_config(tmp_path):
         assert get_model_config("my-user-model")["description"] == "a user config"
         assert isinstance(build_model("my-user-model"), PooledFusionClassifier)
     finally:
-        registry._EXTRA_CONFIGS.pop("my-user-model", None)
+        architectures._EXTRA_CONFIGS.pop("my-user-model", None)
 
 
 def test_register_twice_is_an_error():

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ray_sticker import cli
+from ray_sticker import architectures
 from ray_sticker.models import registry
 from ray_sticker.models.params import count, params_table, random_weights
 from ray_sticker.models.registry import build_from_config, get_model_config
@@ -74,7 +75,7 @@ def parts_arch(monkeypatch):
     monkeypatch.setitem(registry._BUILDERS, "test-parts", _Parts)
     for name, extra in [("parts-a", {"paper_params": {"total": 50, "fusion": 16, "heads": 7}}),
                         ("parts-b", {"item": True})]:
-        monkeypatch.setitem(registry._EXTRA_CONFIGS, name, {"arch": "test-parts", "task": "classify", **extra})
+        monkeypatch.setitem(architectures._EXTRA_CONFIGS, name, {"arch": "test-parts", "task": "classify", **extra})
 
 
 def test_count_breakdown_and_cpu_fallback(parts_arch):

@@ -88,7 +88,8 @@ def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_pat
     make_classify_dataset(data, num_rows=800, image_size=32, corrupt_fraction=0.05, seed=3)
     cfg = _tiny("m2sa-tiny", f"data.uri={data}", f"train.storage_path={tmp_path / 'runs'}",
                 "train.epochs=1", "deepspeed.zero_stage=3", "data.max_corrupt_fraction=0.2",
-                "model.freeze_text=true", "model.vision_lr=1e-2", "deepspeed.gradient_accumulation_steps=2")
+                "model.freeze_text=true", "model.vision_lr=1e-2", "deepspeed.gradient_accumulation_steps=2",
+                "train.log_every_steps=5")
     result = run_training(cfg)
     final = result.final
     _check_tracking(result, mlruns, cfg.name)

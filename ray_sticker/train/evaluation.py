@@ -29,8 +29,8 @@ def evaluate(runner, split, cfg: ExperimentConfig, batch_size: int, device: torc
              prefix: str = "val_", where: str = "validation") -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics of ``runner`` (a DeepSpeed engine or a plain model) over ``split`` (this rank's
     shard, or a whole Ray Dataset), gathered over ranks and named ``<prefix><metric>``, and the
-    artifacts to plot. Rows the pipeline skipped (``where`` names the split in errors) are counted, and fail the evaluation above
-    ``data.max_corrupt_fraction``. Shards may differ in size (no row dropped): inside a
+    artifacts to plot. Rows the pipeline skipped are counted, and fail the evaluation above
+    ``data.max_corrupt_fraction`` (the error names the split as ``where``). Shards may differ in size (no row dropped): inside a
     process group, ranks that run out keep running forward on a filler batch (their last
     batch, or ``filler``), discarded, until all are done, so ZeRO-3's collectives stay matched."""
     model = getattr(runner, "module", runner)
@@ -60,8 +60,8 @@ def evaluate(runner, split, cfg: ExperimentConfig, batch_size: int, device: torc
                 break
             if collective and M.all_reduce_sum([1.0 if batch is not None else 0.0])[0] == 0:
                 break
-            if batch is None:  # this rank is done; the others are not
-                if last is not None:  # ZeRO 0-2 (no filler): forward has no collectives to match
+            if batch is None:  # this rank is done, others are not: match their collectives
+                if last is not None:  # None: no batch here under ZeRO 0-2, whose forward has none
                     runner(last)
                     if full_pool:
                         pool_scores(model, last, sticker_emb)
