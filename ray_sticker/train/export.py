@@ -8,7 +8,10 @@ to rebuild and evaluate the model anywhere.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import tempfile
 from typing import Any
@@ -87,7 +90,11 @@ def state_dict_from_checkpoint(checkpoint_dir: str, tag: str = "state") -> dict[
 
     files = os.listdir(os.path.join(checkpoint_dir, tag))
     if any(f.startswith("zero_pp_rank_") for f in files):  # ZeRO stages 1-3
-        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
+        # DeepSpeed prints its progress (and a progress bar): into the log, not the console.
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+            state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
+        logging.getLogger("deepspeed.zero_to_fp32").info("%s%s", out.getvalue(), err.getvalue())
+        return state
     # ZeRO stage 0: the full module is in the model-states file.
     state = torch.load(os.path.join(checkpoint_dir, tag, "mp_rank_00_model_states.pt"),
                        map_location="cpu", weights_only=False)
