@@ -227,6 +227,15 @@ def test_check_inputs_on_a_good_dataset_and_a_missing_one(tmp_path):
     with pytest.raises(ValueError, match="has no split 'dev'"):
         check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}", "data.synthetic_if_missing=false",
                                                "data.eval_split=dev"]))
+    # Checked for evaluation (one split, an export's architecture): the split is checked, the
+    # training-only checks are not, and a missing dataset is never replaced by a synthetic one.
+    evaluated = check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}", "data.train_split=none"]),
+                             model_config=inputs.model_config, split="test")
+    assert evaluated.spec == inputs.spec
+    missing = tmp_path / "typo"
+    with pytest.raises(FileNotFoundError, match="ray-sticker prepare"):
+        check_inputs(load_config("m2sa-tiny", [f"data.uri={missing}"]), split="test")
+    assert not missing.exists()
 
 
 def test_an_empty_batch_gives_empty_arrays(rows):

@@ -217,7 +217,8 @@ def check_inputs(cfg: ExperimentConfig, model_config: dict[str, Any] | None = No
     size = model_image_size(model_cfg)
     if size is not None and size != cfg.data.image_size:
         raise ConfigError(f"data.image_size={cfg.data.image_size} but model '{cfg.model.name}' takes {size} px images")
-    manifest = ensure_dataset(cfg)
+    # Evaluation reads the dataset it is given; only a training run may write the synthetic one.
+    manifest = ensure_dataset(cfg) if split is None else schema.read_manifest(cfg.data.uri)
     if manifest.task != cfg.task:
         raise ConfigError(f"dataset {cfg.data.uri} is for task '{manifest.task}', the config for '{cfg.task}'")
     model_cfg["label_names"] = {k: list(v) for k, v in manifest.label_maps.items()}
