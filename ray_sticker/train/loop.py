@@ -26,6 +26,7 @@ from ray_sticker.train.augment import epoch_seed, random_resized_crop_flip
 from ray_sticker.train.batches import SkipCounter, attach_candidates, keep_usable, timed
 from ray_sticker.train.evaluation import evaluate, save_plots
 from ray_sticker.train.export import write_run_config
+from ray_sticker.train.ingest import TRAIN, VALIDATION
 from ray_sticker.train.inputs import RunPlan
 from ray_sticker.train.metrics import all_reduce_sum, gather_arrays
 
@@ -139,7 +140,7 @@ def train_epoch(worker: Worker, epoch: int) -> tuple[dict[str, Any], dict[str, t
     samples = n_micro = 0
     loss_terms: dict[str, float] = {}
     last_batch = None
-    batches = ray.train.get_dataset_shard("train").iter_torch_batches(
+    batches = ray.train.get_dataset_shard(TRAIN).iter_torch_batches(
         batch_size=cfg.train.batch_size, device=worker.device, drop_last=False, prefetch_batches=2)
     for batch, waited in timed(batches):
         wait_s += waited
@@ -201,7 +202,7 @@ def _log_step(worker: Worker, epoch: int, loss: float, samples_per_s: float, wai
 def validate(worker: Worker, filler: dict[str, torch.Tensor] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     import ray.train
 
-    return evaluate(worker.engine, ray.train.get_dataset_shard("validation"), worker.cfg, worker.cfg.train.batch_size,
+    return evaluate(worker.engine, ray.train.get_dataset_shard(VALIDATION), worker.cfg, worker.cfg.train.batch_size,
                     worker.device, worker.pool, filler)
 
 
