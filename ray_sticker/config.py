@@ -239,11 +239,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of ``data`` with ``section.field=value`` strings applied in order."""
+    """A copy of ``data`` with ``section.field=value`` strings applied in order.
+
+    Synthetic data stands in only where a config's own file points: an override that moves
+    ``data.uri`` turns the file's ``data.synthetic_if_missing`` off, unless the overrides set
+    it themselves. A mistyped dataset path is then an error, not a synthetic dataset trained on
+    as if it were the user's."""
     out = _deep_copy(data)
+    moved = asked = False
     for item in overrides:
         keys, value = parse_override(item)
         _set_path(out, keys, value, f"override '{item}'")
+        given = {".".join(keys)} | ({f"data.{k}" for k in value} if keys == ["data"] and isinstance(value, dict) else set())
+        moved |= "data.uri" in given
+        asked |= "data.synthetic_if_missing" in given
+    if moved and not asked and isinstance(out.get("data"), dict) and "synthetic_if_missing" in out["data"]:
+        out["data"]["synthetic_if_missing"] = False
     return out
 
 

@@ -157,6 +157,8 @@ def test_console_script_models():
 @pytest.mark.parametrize(
     "overrides, message",
     [
+        # A mistyped path: the config's synthetic default stands in only where its file points.
+        ([], "`ray-sticker prepare synthetic --out "),
         (["data.synthetic_if_missing=false"], "no dataset at"),
         (["data.image_size=48"], "data.image_size=48 but model 'm2sa-tiny' takes 32 px images"),
         (["model.name=nope"], "model.name: unknown model; registered:"),
@@ -172,3 +174,4 @@ def test_train_with_unusable_dataset_or_model_is_one_line_before_ray(tmp_path, c
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "missing").exists()  # nothing written in the user's name

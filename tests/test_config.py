@@ -72,6 +72,22 @@ def test_parse_override_and_apply():
         apply_overrides({"a": 1}, ["a.b=2"])
 
 
+def test_synthetic_data_stands_in_only_where_the_config_file_points():
+    assert load_config("m2sa-tiny").data.synthetic_if_missing  # the embedded demo
+    assert not load_config("m2sa-tiny", ["data.uri=/data/my-dataset"]).data.synthetic_if_missing
+    assert not load_config("m2sa-tiny", ["data={uri: /data/my-dataset}"]).data.synthetic_if_missing
+    asked = ["data.uri=/tmp/synthetic", "data.synthetic_if_missing=true"]
+    assert load_config("m2sa-tiny", asked).data.synthetic_if_missing  # asked for in so many words
+    assert load_config("m2sa-tiny", asked[::-1]).data.synthetic_if_missing
+
+    from ray_sticker.enrich.spec import load_enrich_config
+
+    assert load_enrich_config("commonsense-tiny").synthetic_if_missing
+    assert not load_enrich_config("commonsense-tiny", dataset="/data/mine").synthetic_if_missing
+    assert not load_enrich_config("commonsense-tiny", ["dataset=/data/mine"]).synthetic_if_missing
+    assert load_enrich_config("commonsense-tiny", ["synthetic_if_missing=true"], dataset="/x").synthetic_if_missing
+
+
 def test_yaml_path_and_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_STICKER_HOME", str(tmp_path))
     path = tmp_path / "exp.yaml"

@@ -158,7 +158,9 @@ def read_manifest(uri: str) -> Manifest:
     path = storage.join(uri, MANIFEST)
     if not storage.exists(path):
         raise FileNotFoundError(
-            f"no dataset at {uri}: {MANIFEST} not found (create one with `ray-sticker prepare`)"
+            f"no dataset at {uri}: {MANIFEST} not found (convert a release there with `ray-sticker prepare "
+            f"FORMAT --src RELEASE --out {uri}`, or write the synthetic one with `ray-sticker prepare synthetic "
+            f"--out {uri}`)"
         )
     return Manifest.from_dict(storage.read_json(path), where=path)
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ray_sticker.config import CONFIG_PACKAGE, ConfigError, apply_overrides, expand, read_path_or_uri
+from ray_sticker.config import CONFIG_PACKAGE, ConfigError, apply_overrides, expand, parse_override, read_path_or_uri
 
 ENRICH_DIR = "enrich"  # ray_sticker/configs/enrich/
 WORK_SUBDIR = "_enrich"  # default work directory: <dataset>/_enrich/<name>
@@ -123,6 +123,10 @@ def load_enrich_config(name_or_path: str, overrides: list[str] | None = None, da
     if not isinstance(data, dict):
         raise ConfigError(f"enrichment config {source}: top level must be a mapping")
     data = apply_overrides(data, list(overrides or []))
+    given = {parse_override(item)[0][0] for item in overrides or []}
     if dataset:
         data["dataset"] = dataset
+        given.add("dataset")
+    if "dataset" in given and "synthetic_if_missing" not in given:
+        data["synthetic_if_missing"] = False  # synthetic data only where the file itself points
     return validate(data, source=f"enrichment config '{source}'")
