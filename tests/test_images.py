@@ -56,6 +56,38 @@ def test_truncated_png_raises_decode_error():
         decode_image(good[: len(good) // 2])
 
 
+def bomb_png(side: int = 20_000) -> bytes:
+    """A valid PNG of ``side`` x ``side`` black bilevel pixels: about 60 KB on disk, 400 M
+    pixels (1.2 GB as RGB) once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    squeeze = zlib.compressobj(9)
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + the row's bits
+    idat = b"".join(squeeze.compress(row) for _ in range(side)) + squeeze.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_from_its_header():
+    import tracemalloc
+
+    data = bomb_png(8000)  # 64 M pixels: under PIL's limits, over ours
+    assert len(data) < 50_000
+    tracemalloc.start()
+    with pytest.raises(ImageDecodeError, match="8000x8000 pixels is over the .*-pixel cap"):
+        decode_image(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10_000_000, peak  # nothing decoded
+    with pytest.raises(ImageDecodeError, match="pixel cap"):  # 400 M pixels: PIL's own refusal, reworded
+        decode_image(bomb_png(20_000))
+    assert decode_image(_encode(Image.new("RGB", (4000, 3000)), "PNG")).size == (4000, 3000)  # a 12 MP photo
+
+
 def test_transforms_shape_and_dtype():
     img = Image.new("RGB", (40, 30), (9, 8, 7))
     e = eval_transform(img, 16)

@@ -3,6 +3,7 @@ offline tokenizer, and the up-front schema checks of ``split_schema`` / ``check_
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ray_sticker.config import load_config
@@ -202,7 +203,7 @@ def test_dataset_without_image_column_fails_naming_it(tmp_path):
     with pytest.raises(schema.SchemaError) as err:
         check_inputs(cfg)
     assert f"dataset {uri} split 'train'" in str(err.value)
-    assert "missing column(s) image;" in str(err.value)
+    assert "part-00000.parquet lacks column(s) image; found: example_id" in str(err.value)
     # The text-only baseline does not need the image column.
     inputs = check_inputs(load_config("text-only-tiny", [f"data.uri={uri}", "data.synthetic_if_missing=false"]))
     assert inputs.manifest.name == "hand-made" and inputs.model_config["arch"] == "text-only"
@@ -283,6 +284,10 @@ def test_an_empty_evaluation_split_is_rejected_before_training(tmp_path):
     manifest.splits["validation"] = 0
     schema.write_manifest(str(data), manifest)
     cfg = load_config("m2sa-tiny", [f"data.uri={data}", "data.synthetic_if_missing=false"]).resolved()
+    with pytest.raises(schema.SchemaError, match="split 'validation': the manifest says 0 rows, its 1 shard"):
+        check_inputs(cfg)  # the manifest disagrees with the shards
+    for shard in (data / "examples" / "validation").glob("*.parquet"):
+        pq.write_table(pq.read_table(shard).slice(0, 0), shard)
     with pytest.raises(ConfigError, match="split 'validation' of dataset .* has no rows"):
         check_inputs(cfg)
 

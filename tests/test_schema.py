@@ -161,7 +161,7 @@ def test_read_manifest_without_manifest_points_at_prepare(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         read_manifest(str(tmp_path))
     assert str(tmp_path) in str(err.value)
-    assert "`ray-sticker prepare`" in str(err.value)
+    assert f"`ray-sticker prepare synthetic --out {tmp_path}`" in str(err.value)
 
 
 def test_num_classes_and_error_naming_available_label_maps():

@@ -15,6 +15,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 BACKGROUND = (255, 255, 255)
+# Larger images are refused from their header, before a pixel is decoded: a small file can
+# declare hundreds of megapixels (a decompression bomb) and exhaust a worker's memory. Below
+# PIL's own warning threshold (about 89 M pixels); above any sticker's or tweet photo's size.
+MAX_PIXELS = 32 * 1024 * 1024
 
 
 class ImageDecodeError(ValueError):
@@ -35,10 +39,17 @@ def decode_image(data: bytes) -> Image.Image:
         raise ImageDecodeError("empty image bytes")
     try:
         img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_PIXELS:
+            raise ImageDecodeError(f"image of {img.width}x{img.height} pixels is over the {MAX_PIXELS:,}-pixel cap "
+                                   "(a decompression bomb?)")
         if getattr(img, "is_animated", False):
             img.seek(0)
         img.load()
         img = ImageOps.exif_transpose(img)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:  # PIL's own limit, met before ours is checked
+        raise ImageDecodeError(f"{exc} (over the {MAX_PIXELS:,}-pixel cap)") from None
     except Exception as exc:  # PIL raises many types for bad bytes
         raise ImageDecodeError(f"cannot decode image: {exc}") from None
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):

@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ray_sticker.config import ConfigError, ExperimentConfig
-from ray_sticker.data import schema
+from ray_sticker.data import schema, shards
 from ray_sticker.data.pipeline import (
     PoolSpec,
     PreprocessSpec,
     TextInput,
     load_sticker_pool,
     read_sticker_ids,
-    split_schema,
-    stickers_schema,
 )
 
 if TYPE_CHECKING:
@@ -178,9 +176,11 @@ def _model_config(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def _check_pool(cfg: ExperimentConfig, manifest: schema.Manifest, pool: PoolSpec) -> tuple[str, ...]:
     """The pool's sticker ids, once its table holds what the model reads and enough stickers."""
-    sticker_ids = tuple(read_sticker_ids(cfg.data.uri))
     needed = ["sticker_id"] + [c for t in pool.texts for c in t.columns] + (["image"] if pool.use_image else [])
-    schema.check_columns(stickers_schema(cfg.data.uri), needed, f"stickers table of {cfg.data.uri}")
+    where = schema.stickers_uri(schema.tables_uri(cfg.data.uri))
+    shards.check(_scan(where, f"selection dataset {cfg.data.uri} has no stickers table at {where}"), "stickers",
+                 needed, manifest.stickers or None, f"stickers table of {cfg.data.uri}")
+    sticker_ids = tuple(read_sticker_ids(cfg.data.uri))
     k = num_candidates(cfg, manifest)
     if len(sticker_ids) < k:
         raise ConfigError(f"the sticker pool of {cfg.data.uri} has {len(sticker_ids)} stickers, fewer than "
@@ -193,8 +193,16 @@ def _check_splits(cfg: ExperimentConfig, manifest: schema.Manifest, spec: Prepro
     for split in splits:
         if split not in manifest.splits:
             raise ConfigError(f"dataset {cfg.data.uri} has no split '{split}'; it has {sorted(manifest.splits)}")
-        schema.check_columns(split_schema(cfg.data.uri, split), spec.columns(),
-                             f"dataset {cfg.data.uri} split '{split}'")
+        where = schema.split_uri(schema.tables_uri(cfg.data.uri), split)
+        shards.check(_scan(where, f"split '{split}' not found: {where}"), "examples", spec.columns(),
+                     manifest.splits[split], f"dataset {cfg.data.uri} split '{split}'")
+
+
+def _scan(where: str, missing: str) -> shards.Table:
+    try:
+        return shards.scan(where)
+    except FileNotFoundError:
+        raise FileNotFoundError(missing) from None
 
 
 def _check_training_rows(cfg: ExperimentConfig, manifest: schema.Manifest) -> None:
