@@ -140,6 +140,7 @@ class Manifest:
         missing = sorted(n for n in ("name", "task", "label_maps", "splits") if n not in data)
         if missing:
             raise SchemaError(f"{where}: manifest lacks {missing}")
+        _check_manifest_types(data, where)
         return cls(**data)
 
     def num_classes(self, label: str) -> int:
@@ -148,6 +149,23 @@ class Manifest:
                 f"dataset '{self.name}' has no label map '{label}'; it has {sorted(self.label_maps)}"
             )
         return len(self.label_maps[label])
+
+
+def _check_manifest_types(data: dict[str, Any], where: str) -> None:
+    def bad(key: str, want: str) -> SchemaError:
+        return SchemaError(f"{where}: '{key}' must be {want}, got {data[key]!r:.80}")
+
+    if data["task"] not in ("classify", "select"):
+        raise bad("task", "'classify' or 'select'")
+    maps = data["label_maps"]
+    if not isinstance(maps, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(n, str) for n in v) for v in maps.values()):
+        raise bad("label_maps", "a mapping of label to a non-empty list of names")
+    counts = data["splits"]
+    if not isinstance(counts, dict) or not all(type(n) is int and n >= 0 for n in counts.values()):
+        raise bad("splits", "a mapping of split to a row count >= 0")
+    if "stickers" in data and not (type(data["stickers"]) is int and data["stickers"] >= 0):
+        raise bad("stickers", "a count >= 0")
 
 
 def write_manifest(uri: str, manifest: Manifest) -> None:
@@ -162,7 +180,21 @@ def read_manifest(uri: str) -> Manifest:
             f"FORMAT --src RELEASE --out {uri}`, or write the synthetic one with `ray-sticker prepare synthetic "
             f"--out {uri}`)"
         )
-    return Manifest.from_dict(storage.read_json(path), where=path)
+    return Manifest.from_dict(_read_manifest_json(path), where=path)
+
+
+def _read_manifest_json(path: str) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(storage.read_bytes(path).decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: not UTF-8 ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}; cut short?)") from None
+    if not isinstance(data, dict):
+        raise SchemaError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def tables_uri(uri: str) -> str:
@@ -170,7 +202,7 @@ def tables_uri(uri: str) -> str:
     path = storage.join(uri, MANIFEST)
     if not storage.exists(path):
         return uri
-    data_dir = Manifest.from_dict(storage.read_json(path), where=path).data_dir
+    data_dir = Manifest.from_dict(_read_manifest_json(path), where=path).data_dir
     return storage.join(uri, data_dir) if data_dir else uri
 
 
