@@ -1,4 +1,4 @@
-"""``ray-sticker``: prepare | enrich | train | evaluate | tune | models | configs | bench.
+"""``ray-sticker``: prepare | check | enrich | train | evaluate | tune | models | configs | bench.
 
 ``ray-sticker train`` with no arguments runs the embedded default: the synthetic dataset
 (written locally if missing), the tiny M2SA and its text-only and image-only baselines,
@@ -110,6 +110,26 @@ def _prepare_synthetic(args: argparse.Namespace) -> int:
                               rows_per_shard=args.rows_per_shard, **options)
     print(f"wrote {args.out}: {manifest.splits} (label maps: {manifest.label_maps})")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ray_sticker.check import check_dataset
+
+    report = check_dataset(args.uri, args.config or None)
+    print(format_table(report.tables, [("table", "table", ""), ("manifest rows", "manifest", "d"),
+                                       ("rows", "rows", "d"), ("shards", "shards", "d"),
+                                       ("extra columns", "extra", "")]))
+    if report.models:
+        print()
+        print(format_table(report.models, [("config", "config", ""), ("split", "split", ""), ("rows", "rows", "d"),
+                                           ("skipped", "skipped", "d"), ("why", "reasons", ""),
+                                           ("texts cut", "texts cut", "d")]))
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print(f"{args.uri}: " + ("clean" if report.clean else f"{len(report.problems)} problem(s)"))
+    return 0 if report.clean else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -280,6 +300,20 @@ def _prepare_parser(sub) -> None:
     pr.set_defaults(fn=cmd_prepare)
 
 
+def _check_parser(sub) -> None:
+    ch = sub.add_parser("check", help="report what a canonical dataset holds and what a run would refuse or skip",
+                        description="Read a canonical dataset (local or s3://) through the code training reads it "
+                                    "with: rows per split against the manifest, unreadable shards, images that do "
+                                    "not decode by reason, labels outside the maps, candidates naming missing "
+                                    "stickers, and per experiment config the rows it would skip and the texts it "
+                                    "would cut. Exit 0 when clean, 1 when problems were found, 2 without a dataset.")
+    ch.add_argument("uri", help="dataset directory (with manifest.json), local or s3://")
+    ch.add_argument("--config", action="append", metavar="NAME",
+                    help="experiment config to check the dataset against (repeatable; default: the shipped "
+                         "configs of the dataset's task whose tokenizers are available offline)")
+    ch.set_defaults(fn=cmd_check)
+
+
 def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate an export or a checkpoint on a dataset split",
                        description="Metrics of a model on a dataset split: an export (<run>/export) or a "
@@ -387,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _prepare_parser(sub)
+    _check_parser(sub)
     _evaluate_parser(sub)
     _tune_parser(sub)
     _enrich_parser(sub)

@@ -15,7 +15,7 @@ LAYERS = {
     "data": 2,
     "models": 3, "mllm": 3,
     "train": 4,
-    "evaluate": 5, "bench": 5, "sweep": 5, "enrich": 5,
+    "evaluate": 5, "check": 5, "bench": 5, "sweep": 5, "enrich": 5,
     "cli": 6,
 }
 MAX_FUNCTION_LINES = 80

@@ -77,9 +77,25 @@ def _read_footer(uri: str) -> Shard:
 
 def scan(where: str) -> Table:
     """Every shard's row count and schema under ``where``; fails naming an unreadable shard."""
+    table, unreadable = scan_all(where)
+    if unreadable:
+        raise unreadable[0]
+    return table
+
+
+def scan_all(where: str) -> tuple[Table, list[schema.SchemaError]]:
+    """The readable shards under ``where``, and the error of each unreadable one."""
+    def read(uri: str) -> Shard | schema.SchemaError:
+        try:
+            return _read_footer(uri)
+        except schema.SchemaError as exc:
+            return exc
+
     files = _parquet_files(where)
     with ThreadPoolExecutor(min(FOOTER_READERS, len(files))) as pool:
-        return Table(where, tuple(pool.map(_read_footer, files)))
+        found = list(pool.map(read, files))
+    return (Table(where, tuple(f for f in found if isinstance(f, Shard))),
+            [f for f in found if isinstance(f, schema.SchemaError)])
 
 
 def _type_problems(table: Table, kind: str, columns: list[str]) -> list[str]:
