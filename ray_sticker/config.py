@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -226,14 +226,16 @@ def _read_yaml(name_or_path: str) -> dict[str, Any]:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"train.epochs=3"`` -> (["train", "epochs"], 3); values are parsed as YAML scalars."""
     if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like section.field=value")
+        raise ConfigError(f"override {item!r} must look like section.field=value")
     key, raw = item.split("=", 1)
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
-        raise ConfigError(f"override '{item}' has no field name")
+        raise ConfigError(f"override {item!r} has no field name")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, LookupError, AttributeError, RecursionError):
+        # PyYAML's constructors raise plain errors for tagged scalars they cannot build
+        # (``!!int abc``, ``!!bool maybe``) and deep nesting exhausts its recursion.
         value = raw
     return keys, value
 
@@ -249,7 +251,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     moved = asked = False
     for item in overrides:
         keys, value = parse_override(item)
-        _set_path(out, keys, value, f"override '{item}'")
+        _set_path(out, keys, value, f"override {item!r}")
         given = {".".join(keys)} | ({f"data.{k}" for k in value} if keys == ["data"] and isinstance(value, dict) else set())
         moved |= "data.uri" in given
         asked |= "data.synthetic_if_missing" in given
@@ -276,7 +278,7 @@ def _set_path(node: dict[str, Any], keys: list[str], value: Any, what: str) -> N
         if child is None:
             child = node[k] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"{what}: '{k}' is a value, not a section")
+            raise ConfigError(f"{what}: {k!r} is a value, not a section")
         node = child
     node[keys[-1]] = value
 
@@ -310,7 +312,7 @@ def validate(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
         field = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_fields(loc))
-            msg = f"unknown field '{field}'; allowed here: {allowed}"
+            msg = f"unknown field {field!r}; allowed here: {allowed}"
         else:
             got = err.get("input")
             detail = err["msg"].removeprefix("Value error, ")

@@ -39,7 +39,7 @@ def set_seed(seed: int) -> None:
     import random
 
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy takes 32-bit seeds; epoch seeds of large train.seed exceed them
     torch.manual_seed(seed)
 
 
