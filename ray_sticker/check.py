@@ -77,17 +77,25 @@ def _scan_tables(uri: str, manifest: schema.Manifest, report: CheckReport) -> di
     return found
 
 
+class UnreadableShard(Exception):
+    """A shard whose footer reads but whose data pages do not (damaged inside)."""
+
+
 def _batches(table: shards.Table, columns: list[str]) -> Iterator[dict[str, list]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for shard in table.shards:
         fs, path = storage.resolve(shard.uri)
-        with fs.open_input_file(path) as f:
-            reader = pq.ParquetFile(f)
-            present = [c for c in columns if c in reader.schema_arrow.names]
-            for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=present):
-                rows = batch.to_pydict()
-                yield {c: rows.get(c, [None] * batch.num_rows) for c in columns}
+        try:
+            with fs.open_input_file(path) as f:
+                reader = pq.ParquetFile(f)
+                present = [c for c in columns if c in reader.schema_arrow.names]
+                for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=present):
+                    rows = batch.to_pydict()
+                    yield {c: rows.get(c, [None] * batch.num_rows) for c in columns}
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise UnreadableShard(f"shard {shard.uri}: data does not read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def _image_reason(data: bytes | None) -> str | None:
@@ -151,9 +159,12 @@ def _sticker_ids(tables: dict[str, shards.Table], report: CheckReport) -> set[st
         return None
     ids: list[str] = []
     reasons: collections.Counter = collections.Counter()
-    for batch in _batches(tables["stickers"], ["sticker_id", "image"]):
-        ids += batch["sticker_id"]
-        reasons.update(_image_reason(d) for d in batch.get("image", []))
+    try:
+        for batch in _batches(tables["stickers"], ["sticker_id", "image"]):
+            ids += batch["sticker_id"]
+            reasons.update(_image_reason(d) for d in batch["image"])
+    except UnreadableShard as exc:
+        report.problems.append(f"stickers: {exc}")
     repeated = len(ids) - len(set(ids))
     if repeated:
         report.problems.append(f"stickers: {repeated} sticker id(s) repeated")
@@ -198,11 +209,14 @@ def _check_config(name: str, uri: str, explicit: bool, tables: dict[str, shards.
     for split in dict.fromkeys([cfg.data.train_split, cfg.data.eval_split]):
         skipped: collections.Counter = collections.Counter()
         rows = cut = 0
-        for batch in _batches(tables[f"examples/{split}"], inputs.spec.columns()):
-            out = preprocess_batch({k: np.array(v, dtype=object) for k, v in batch.items()}, inputs.spec)
-            rows += len(out["skip"])
-            cut += int((out["truncated"] > 0).sum())
-            skipped.update(SKIP_REASONS[int(c)] for c in out["skip"] if c)
+        try:
+            for batch in _batches(tables[f"examples/{split}"], inputs.spec.columns()):
+                out = preprocess_batch({k: np.array(v, dtype=object) for k, v in batch.items()}, inputs.spec)
+                rows += len(out["skip"])
+                cut += int((out["truncated"] > 0).sum())
+                skipped.update(SKIP_REASONS[int(c)] for c in out["skip"] if c)
+        except UnreadableShard as exc:
+            report.problems.append(f"config {name}, split {split}: {exc}")
         report.models.append({"config": name, "split": split, "rows": rows, "skipped": sum(skipped.values()),
                               "reasons": ", ".join(f"{r} {n}" for r, n in sorted(skipped.items())), "texts cut": cut})
         for reason, n in sorted(skipped.items()):
@@ -237,7 +251,10 @@ def check_dataset(uri: str, configs: list[str] | None = None) -> CheckReport:
     seen: set[str] = set()
     for name, table in tables.items():
         if name.startswith("examples/"):
-            _check_rows(name, table, manifest, sticker_ids, seen, report)
+            try:
+                _check_rows(name, table, manifest, sticker_ids, seen, report)
+            except UnreadableShard as exc:
+                report.problems.append(f"{name}: {exc}")
     quiet = logging.getLogger("ray_sticker.data.pipeline")
     level, quiet.level = quiet.level, logging.ERROR  # skips are counted in the report, not logged row by row
     try:
