@@ -37,11 +37,16 @@ Choices:
 - Candidates: the positive plus ``num_candidates - 1`` random distractors from the whole meme
   pool (EIGML's protocol for this dataset), seeded by ``options.seed`` and the example id.
 - Splits: ``c_train`` -> train, ``c_val`` -> validation (the set EIGML reports on), both test
-  files when present -> test, told apart by the extra column ``test_set`` ("easy"/"hard").
+  files when present -> test, told apart by the extra column ``test_set`` ("easy"/"hard"); one
+  test file without the other is refused (FileNotFoundError naming the missing one).
   The challenge's own candidate sets of the test files are kept as ``release_candidates`` but
   not used (the README's example holds 11 memes); test records whose answer has no ``img_id`` (the unlabelled
   challenge version) are skipped and counted in ``fixups``.
 - ``example_id`` = ``<split>-<dialogue number>-<utterance index>``, ``test-<easy|hard>-<record>``.
+- Repeats: a dialogue key, meme file name or emotion given twice in a JSON object is a
+  FormatError; a test record identical to an earlier one of its file is skipped and counted
+  ("duplicate example"). Utterance fields other than :data:`UTTERANCE_FIELDS` are ignored and
+  the utterances holding them counted in ``fixups`` (a misspelt ``img_id`` loses a sample).
 """
 
 from __future__ import annotations
@@ -51,17 +56,19 @@ from typing import Any, Iterator
 
 from ray_sticker.data.candidates import example_rng, sample_candidates
 from ray_sticker.data.convert.base import (
-    ConvertOptions, Converter, FormatError, Scan, Source, field_of, label_index, register,
+    ConvertOptions, Converter, FormatError, Repeats, Scan, Source, field_of, label_index, register,
 )
 
 DIALOGUE_FILES = {"train": ("c_train.json",), "validation": ("c_val.json", "validation.json")}
 TEST_FILES = {"easy": "c_test_easy_task2.json", "hard": "c_test_hard_task2.json"}
 SUPPLEMENTARY = "supplementary"
 MEME_DIR = "meme_set"
+UTTERANCE_FIELDS = frozenset({"speaker_id", "emotion_id", "img_id", "txt"})
+FIX_FIELDS = f"utterances with fields other than {', '.join(sorted(UTTERANCE_FIELDS))} (those ignored)"
 
 
 def _meme_id(value: Any, where: str, at: str) -> str:
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+    if isinstance(value, str) and value.strip().isdecimal() or isinstance(value, int) and not isinstance(value, bool):
         return str(int(value))
     raise FormatError(where, f"img_id {value!r} is not a number", at)
 
@@ -72,7 +79,7 @@ def _emotions(src: Source, rel: str) -> tuple[list[str], dict[int, str]]:
     if not isinstance(raw, dict) or not raw:
         raise FormatError(where, "expected a JSON object mapping emotion names to ids")
     pairs = list(raw.items())
-    if all(isinstance(v, str) and k.strip().isdigit() for k, v in pairs):
+    if all(isinstance(v, str) and k.strip().isdecimal() for k, v in pairs):
         pairs = [(v, int(k)) for k, v in pairs]
     if not all(isinstance(v, int) and not isinstance(v, bool) for _, v in pairs):
         raise FormatError(where, "emotion ids must be integers")
@@ -98,6 +105,8 @@ class _Reader:
 
     def __init__(self, src: Source, known: set[str], emotions: list[str], codes: dict[int, str]):
         self.src, self.known, self.emotions, self.codes = src, known, emotions, codes
+        self.fixups: Counter = Counter()
+        self.repeats = Repeats()
 
     def meme(self, value: Any, where: str, at: str) -> str:
         sid = _meme_id(value, where, at)
@@ -117,6 +126,7 @@ class _Reader:
             for i, utt in enumerate(turns):
                 at = f"{key}, utterance {i}"
                 text = _text(utt, where, at)
+                self.fixups[FIX_FIELDS] += not UTTERANCE_FIELDS.issuperset(utt)
                 if i > 0 and utt.get("img_id") not in (None, ""):
                     emotion = utt.get("emotion_id")
                     yield _sample(
@@ -129,16 +139,18 @@ class _Reader:
                 if text:
                     history.append(text)
 
-    def task2(self, rel: str, level: str, skipped: Counter) -> Iterator[dict[str, Any]]:
+    def task2(self, rel: str, level: str) -> Iterator[dict[str, Any]]:
         """One sample per answered record of a task-2 test file; unanswered records are counted."""
         where, records = self.src.uri_of(rel), self.src.json(rel)
         if not isinstance(records, list):
             raise FormatError(where, f"expected a JSON array of records, got {type(records).__name__}")
         for r, rec in enumerate(records):
             at = f"record {r}"
+            if self.repeats.skip(rec, [f"test-{level}-{r}"], where, at):
+                continue
             answer = field_of(rec, "answer", where, at)
             if field_of(answer, "img_id", where, at) in (None, ""):
-                skipped["test records without an answer skipped"] += 1
+                self.fixups["test records without an answer skipped"] += 1
                 continue
             history = field_of(rec, "history", where, at)
             if not isinstance(history, list):
@@ -165,15 +177,15 @@ class DSTC10MOD(Converter):
         stickers = _stickers(src, src.require(f"{sup}img2id.json"), src.require(f"{sup}{MEME_DIR}"))
         pool = [s["sticker_id"] for s in stickers]
         reader = _Reader(src, set(pool), emotions, codes)
-        skipped: Counter = Counter()
         examples = [ex for split, names in DIALOGUE_FILES.items() for ex in reader.dialogues(src.require(*names), split)]
-        examples += [ex for level, rel in TEST_FILES.items() if src.exists(rel) for ex in reader.task2(rel, level, skipped)]
+        if any(src.exists(rel) for rel in TEST_FILES.values()):  # both or neither
+            examples += [ex for level, rel in TEST_FILES.items() for ex in reader.task2(src.require(rel), level)]
         for ex in examples:
             ex["candidate_ids"] = sample_candidates(ex["sticker_id"], pool, options.num_candidates,
                                                     example_rng(ex["example_id"], options.seed))
         return Scan(name=self.name, task=self.task, label_maps={"emotion": emotions}, examples=examples,
                     stickers=stickers, version="DSTC10-MOD Chinese: c_train, c_val, c_test_*_task2, meme_set/",
-                    fixups=dict(skipped))
+                    fixups={k: n for k, n in reader.fixups.items() if n}, skipped=reader.repeats.skipped)
 
 
 def _stickers(src: Source, rel: str, meme_dir: str) -> list[dict[str, Any]]:

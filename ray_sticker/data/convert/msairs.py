@@ -37,7 +37,7 @@ Choices:
   (six stickers have an empty text on some records and a text on others), else ``""``.
 - Splits: none in the release -> the runner draws 90/10 train/test with the seed, grouped by
   ``sticker_id`` (the paper's sticker-disjoint split; its own split is not published).
-- ``example_id`` = the record's ``id``.
+- ``example_id`` = the record's ``id``; an id given twice is a FormatError.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ import posixpath
 from typing import Any
 
 from ray_sticker.data.convert.base import (
-    SENTIMENT_LABELS, ConvertOptions, Converter, FormatError, Scan, SeededSplit, Source, field_of, label_index,
-    register,
+    SENTIMENT_LABELS, ConvertOptions, Converter, FormatError, Scan, SeededSplit, Source, UniqueIds, field_of,
+    label_index, register,
 )
 
 DATA_FILE = "all_data.json"
@@ -97,6 +97,7 @@ class MSAIRS(Converter):
         examples: list[dict[str, Any]] = []
         ocr: dict[str, str] = {}  # sticker id -> first non-empty text, in record order
         fixups: dict[str, int] = {}
+        ids = UniqueIds("id")
         for i, rec in enumerate(records):
             at = f"record {i}"
 
@@ -106,6 +107,7 @@ class MSAIRS(Converter):
             def sentiment(key: str) -> int:
                 return label_index(get(key), SENTIMENT_LABELS, key, where, at, codes=SENTIMENT_CODES)
 
+            ids.add(str(get("id")), where, at)
             sticker = str(get("sticker"))
             text = get("sticker_text")
             if not isinstance(text, str):

@@ -6,13 +6,14 @@ Layout::
     dataset_image/<id>.jpg
 
 ``emotion_label``: 0 positive, 1 neutral, 2 negative (mapped to the shared sentiment order);
-``dev`` becomes ``validation``. Sizes: Single 3,611/450/450, Multiple 13,624/1,700/1,700.
+``dev`` becomes ``validation``. An ``id`` given twice in a file is a FormatError. Sizes: Single 3,611/450/450, Multiple 13,624/1,700/1,700.
 """
 
 from __future__ import annotations
 
 from ray_sticker.data.convert.base import (
-    SENTIMENT_LABELS, ConvertOptions, Converter, FormatError, Scan, Source, field_of, label_index, register,
+    SENTIMENT_LABELS, ConvertOptions, Converter, FormatError, Scan, Source, UniqueIds, field_of, label_index,
+    register,
 )
 
 SPLIT_FILES = {"train": "train.json", "validation": "dev.json", "test": "test.json"}
@@ -29,9 +30,11 @@ class _MVSA(Converter):
             records = src.json(rel)
             if not isinstance(records, list):
                 raise FormatError(where, f"expected a JSON array of records, got {type(records).__name__}")
+            ids = UniqueIds("id")
             for i, rec in enumerate(records):
                 at = f"record {i}"  # the file is one JSON array
                 rid = str(field_of(rec, "id", where, at))
+                ids.add(rid, where, at)
                 examples.append({
                     "example_id": f"{split}-{rid}",
                     "split": split,

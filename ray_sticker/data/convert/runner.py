@@ -131,6 +131,10 @@ def _fetch_image(src: Source | None, image: bytes | None, ref: str | None) -> tu
             image = src.read_bytes(ref)
         except FileNotFoundError:
             return None, "missing image", ref
+        except OSError:
+            if not src.is_dir(ref):
+                raise
+            return None, "missing image", f"{ref} (a directory)"
         if ref.lower().endswith(".npy"):
             try:
                 image = npy_to_png(image)
@@ -210,20 +214,28 @@ def _shards(rows: list[dict[str, Any]], kind: str, rows_per_shard: int) -> list[
     return blocks
 
 
-def _convert_table(rows: list[dict[str, Any]], kind: str, src_uri: str, out_uri: str, rows_per_shard: int,
-                   image_required: bool, report: TableReport) -> set[str]:
-    """Write one table in parallel; fills ``report``; returns the ids of the rows skipped."""
+def _write_blocks(blocks: list[pa.Table], in_process: bool, **kwargs: Any) -> list[pa.Table]:
+    """:func:`_write_block` over every block: in parallel on Ray Data, or one after the other here."""
+    if in_process:
+        return [_write_block(block, **kwargs) for block in blocks]
+    import ray
     import ray.data
 
+    stats = ray.data.from_arrow(blocks).map_batches(
+        _write_block, batch_size=None, batch_format="pyarrow", fn_kwargs=kwargs).to_arrow_refs()
+    return ray.get(stats)
+
+
+def _convert_table(rows: list[dict[str, Any]], kind: str, src_uri: str, out_uri: str, rows_per_shard: int,
+                   image_required: bool, report: TableReport, in_process: bool = False) -> set[str]:
+    """Write one table (in parallel unless ``in_process``); fills ``report``; returns the ids of the rows skipped."""
     report.read += len(rows)
     if not rows:
         return set()
     blocks = _shards(rows, kind, rows_per_shard)
-    stats = ray.data.from_arrow(blocks).map_batches(
-        _write_block, batch_size=None, batch_format="pyarrow",
-        fn_kwargs={"kind": kind, "src_uri": src_uri, "out_uri": out_uri, "image_required": image_required},
-    ).to_arrow_refs()
-    table = pa.concat_tables(ray.get(stats)).to_pylist()
+    stats = _write_blocks(blocks, in_process, kind=kind, src_uri=src_uri, out_uri=out_uri,
+                          image_required=image_required)
+    table = pa.concat_tables(stats).to_pylist()
     skipped = set()
     for s in table:
         if s["reason"]:
@@ -285,8 +297,11 @@ def _check_published(out: str, report: ConversionReport, max_skipped_fraction: f
 
 def convert(fmt: str, src: str, out: str, options: ConvertOptions = ConvertOptions(),
             rows_per_shard: int = 512, max_skipped_fraction: float = 0.01,
-            address: str | None = None) -> tuple[schema.Manifest, ConversionReport]:
-    """Convert the release of ``fmt`` at ``src`` into a canonical dataset at ``out`` (see module doc)."""
+            address: str | None = None, in_process: bool = False) -> tuple[schema.Manifest, ConversionReport]:
+    """Convert the release of ``fmt`` at ``src`` into a canonical dataset at ``out`` (see module doc).
+
+    ``in_process``: fetch the images and write the shards one block after the other in this
+    process, without Ray (small releases, tests); the result is the same."""
     from ray_sticker.runtime import init_ray
 
     t0 = time.perf_counter()
@@ -304,15 +319,20 @@ def convert(fmt: str, src: str, out: str, options: ConvertOptions = ConvertOptio
     tables = storage.join(out, data_dir)
     report = ConversionReport(format=fmt, source=src, out=out, data_dir=data_dir, examples=TableReport(),
                               stickers=TableReport() if scan.stickers else None, fixups=dict(scan.fixups))
+    for row_id, reason, detail in scan.skipped:  # rows the converter read but did not keep
+        report.examples.read += 1
+        report.examples.skip(row_id, reason, detail)
     storage.ensure_bucket(out)
-    init_ray(address)
+    if not in_process:
+        init_ray(address)
     try:
         examples = scan.examples
         if scan.stickers:
-            lost = _convert_table(scan.stickers, "stickers", src, tables, rows_per_shard, True, report.stickers)
+            lost = _convert_table(scan.stickers, "stickers", src, tables, rows_per_shard, True, report.stickers,
+                                  in_process)
             known = {r["sticker_id"] for r in scan.stickers}
             examples = _drop_examples_of(examples, lost, known, report.examples)
-        _convert_table(examples, "examples", src, tables, rows_per_shard, False, report.examples)
+        _convert_table(examples, "examples", src, tables, rows_per_shard, False, report.examples, in_process)
         report.seconds = time.perf_counter() - t0
         _check_published(out, report, max_skipped_fraction)
     except BaseException:

@@ -22,13 +22,13 @@ Choices:
   every example is its own sticker.
 - Splits: the release's; ``val`` -> ``validation`` (the official code trains on ``train`` and
   evaluates on ``test`` only).
-- ``example_id`` = ``<split>-<topic>/<file_name>``.
+- ``example_id`` = ``<split>-<topic>/<file_name>``; a sticker listed twice in a file is a FormatError.
 """
 
 from __future__ import annotations
 
 from ray_sticker.data.convert.base import (
-    ConvertOptions, Converter, FormatError, Scan, Source, field_of, label_index, register,
+    ConvertOptions, Converter, FormatError, Scan, Source, UniqueIds, field_of, label_index, register,
 )
 
 ANNOTATIONS = "Annotations/image-level"
@@ -51,6 +51,7 @@ class SER30K(Converter):
             annotations = field_of(src.json(rel), "annotations", where)
             if not isinstance(annotations, list):
                 raise FormatError(where, f"'annotations' must be a list, got {type(annotations).__name__}")
+            stickers = UniqueIds("sticker")
             for i, rec in enumerate(annotations):
                 at = f"record {i}"
                 topic, file_name = str(field_of(rec, "topic", where, at)), str(field_of(rec, "file_name", where, at))
@@ -58,6 +59,7 @@ class SER30K(Converter):
                 if text is not None and not isinstance(text, str):
                     raise FormatError(where, f"text must be a string, got {text!r}", at)
                 sticker = f"{topic}/{file_name}"
+                stickers.add(sticker, where, at)
                 examples.append({
                     "example_id": f"{split}-{sticker}",
                     "split": split,

@@ -14,7 +14,9 @@ Sizes (SRS README, EIGML table 1, PBR loader): 320,168 / 10,000 / 10,000 samples
 
 Choices:
 
-- ``example_id`` = ``<split>-<line number>`` (samples carry no id of their own).
+- ``example_id`` = ``<split>-<line number>`` (samples carry no id of their own). A line
+  identical to an earlier line of its file is skipped and counted ("duplicate example"); set
+  and sticker ids must be integers (or strings without ``/``).
 - ``context``: the turns' texts in order, empty turns dropped (as PBR does); the release's
   whitespace tokenisation is undone between CJK / non-ASCII characters and kept between ASCII
   words ("没 想到 还 能 上 TG" -> "没想到还能上TG"). PBR instead removes every space, which also
@@ -52,7 +54,7 @@ from PIL import Image
 
 from ray_sticker.data.candidates import example_rng, sample_candidates
 from ray_sticker.data.convert.base import (
-    ConvertOptions, Converter, FormatError, Scan, Source, field_of, register,
+    ConvertOptions, Converter, FormatError, Repeats, Scan, Source, field_of, register,
 )
 
 SPLIT_FILES = {"train": "release_train.json", "validation": "release_val.json", "test": "release_test.json"}
@@ -101,6 +103,13 @@ def _context(turns: Any, where: str, at: int) -> list[str]:
     return [t for t in texts if t] or [""]
 
 
+def _id(current: Any, key: str, where: str, at: int) -> str:
+    value = field_of(current, key, where, at)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or "/" in str(value) or not str(value).strip():
+        raise FormatError(where, f"{key} must be an integer, got {value!r}", at)
+    return str(value)
+
+
 def _candidates(positive: str, set_pool: list[str], k: int, rng: np.random.Generator) -> list[str]:
     """``positive`` + ``k - 1`` other stickers of its set, padded with the gray sticker, shuffled."""
     others = [s for s in set_pool if s != positive]
@@ -123,17 +132,20 @@ class StickerChat(Converter):
 
     def scan(self, src: Source, options: ConvertOptions) -> Scan:
         examples: list[dict[str, Any]] = []
+        repeats = Repeats()
         for split, rel in SPLIT_FILES.items():
             where = src.uri_of(src.require(rel))
             for no, rec in src.jsonl(rel):
+                if repeats.skip(rec, [f"{split}-{no}"], where, no):
+                    continue
                 current = field_of(rec, "current", where, no)
-                set_id = str(field_of(current, "sticker_set_id", where, no))
+                set_id = _id(current, "sticker_set_id", where, no)
                 examples.append({
                     "example_id": f"{split}-{no}",
                     "split": split,
                     "language": "zh",
                     "context": _context(field_of(rec, "context", where, no), where, no),
-                    "sticker_id": f"{set_id}/{field_of(current, 'sticker_id', where, no)}",
+                    "sticker_id": f"{set_id}/{_id(current, 'sticker_id', where, no)}",
                     "sticker_alt": current.get("sticker_alt"),
                 })
 
@@ -161,4 +173,4 @@ class StickerChat(Converter):
         return Scan(name=self.name, task=self.task, label_maps={}, examples=examples, stickers=rows,
                     version="SRS release: release_{train,val,test}.json + npy_stickers/<set>/",
                     fixups={"emoji_mapping.txt entries without a .npy left out": no_npy} if no_npy else {},
-                    extra={"padded_candidate_sets": padded})
+                    extra={"padded_candidate_sets": padded}, skipped=repeats.skipped)

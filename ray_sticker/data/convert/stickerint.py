@@ -23,7 +23,8 @@ Choices (the official loader's behaviour in brackets where it differs):
 
 - One example per (conversation, image id); ``example_id`` = ``<split>-<textid>-<k>`` with
   k the id's position in ``image_ids``; a ``textid`` seen before in the same file gets
-  ``-L<line>`` appended (counted in fixups). ``valid`` is ``validation``.
+  ``-L<line>`` appended (counted in fixups), unless the whole line repeats an earlier line:
+  then it is skipped and counted ("duplicate example"). ``valid`` is ``validation``.
 - ``context`` = ``text`` split at ``[SEP]``, stripped, empty turns dropped (``[""]`` if
   none is left); ``text`` is also kept verbatim. [The loader drops the last ``[SEP]`` segment and everything before the
   first tab and treats the remaining tabs as separators too.] Its experiment filters (only
@@ -64,7 +65,7 @@ from collections import Counter
 from typing import Any, Hashable, TypeVar
 
 from ray_sticker.data.convert.base import (
-    ConvertOptions, Converter, FormatError, Scan, Source, field_of, label_index, register,
+    ConvertOptions, Converter, FormatError, Repeats, Scan, Source, field_of, label_index, register,
 )
 
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}  # canonical -> release file prefix
@@ -124,6 +125,7 @@ class StickerInt(Converter):
         examples: list[dict[str, Any]] = []
         intents: dict[str, list[int]] = {}
         descs: dict[str, list[tuple[str, ...]]] = {}
+        repeats = Repeats()
         for split, prefix in SPLITS.items():
             rel = src.require(f"{prefix}_contexts_total_key.jsonl")
             where, seen = src.uri_of(rel), set()
@@ -136,6 +138,8 @@ class StickerInt(Converter):
                     raise FormatError(where, f"'text' must be a string, got {type(text).__name__}", no)
                 if not isinstance(ids, list) or not all(isinstance(i, (str, int)) for i in ids):
                     raise FormatError(where, f"'image_ids' must be a list of ids, got {ids!r}", no)
+                if repeats.skip(rec, [f"{split}-{textid}-L{no}-{k}" for k in range(len(ids))], where, no):
+                    continue
                 intent = label_index(str(fined).lower(), lowered, "fined_intent", where, no)
                 desc = self._keyword(rec.get("keyword"), where, no)
                 comet = self._comet(rec.get("comet"), where, no, fixups)
@@ -177,7 +181,8 @@ class StickerInt(Converter):
             stickers.append(row)
         return Scan(name=self.name, task=self.task, label_maps={"intent": names}, examples=examples,
                     stickers=stickers, version="Int-RA jsonl + base64 imgs.tsv + intent_label.txt",
-                    fixups={k: n for k, n in fixups.items() if n}, extra={"intent_texts": texts})
+                    fixups={k: n for k, n in fixups.items() if n}, extra={"intent_texts": texts},
+                    skipped=repeats.skipped)
 
     @staticmethod
     def _intents(src: Source) -> tuple[list[str], list[str]]:
@@ -186,7 +191,7 @@ class StickerInt(Converter):
         rows: dict[int, tuple[str, str]] = {}
         for no, line in src.lines(INTENT_FILE):
             fields = [f.strip() for f in line.split("\t")]
-            if len(fields) != 3 or not fields[0].lstrip("-").isdigit() or not fields[1]:
+            if len(fields) != 3 or not fields[0].removeprefix("-").isdecimal() or not fields[1]:
                 raise FormatError(where, f"expected 'id<TAB>intent<TAB>text' with an integer id, got {line!r}", no)
             if int(fields[0]) in rows or fields[1].lower() in (n.lower() for n, _ in rows.values()):
                 raise FormatError(where, f"intent id or name listed twice: {line!r}", no)

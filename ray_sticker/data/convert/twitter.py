@@ -29,10 +29,12 @@ Choices:
   so a target-aware model can rebuild TomBERT's sentence/target pair. Case is kept
   (TomBERT lowercases for its uncased BERT; that is the tokenizer's business).
 - The first line is taken as the header when its first field is ``index``; its other
-  columns are not checked (the released ``test.tsv`` headers lack ``#1 Label``). TomBERT
+  columns are not checked (the released ``test.tsv`` headers lack ``#1 Label``), only that
+  there are at most 5 (a header run into the first example line is an error). TomBERT
   drops the first line unconditionally instead.
 - A line without exactly 5 fields, without ``$T$``, with an empty ImageID, a label outside
-  0/1/2 or an index already seen in the file is a :class:`FormatError` naming file and line.
+  0/1/2 or an index already seen in the file is a :class:`FormatError` naming file and line,
+  and so is a file without any example line (e.g. one cut short inside its header).
 - ``example_id`` = ``<split>-<index>`` (the index restarts at 1 in every file); ``dev`` is
   ``validation``. The images directory must exist; each image is checked by the runner.
 """
@@ -42,7 +44,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ray_sticker.data.convert.base import (
-    SENTIMENT_LABELS, ConvertOptions, Converter, FormatError, Scan, Source, label_index, register,
+    SENTIMENT_LABELS, ConvertOptions, Converter, FormatError, Scan, Source, UniqueIds, label_index, register,
 )
 
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
@@ -66,37 +68,50 @@ class _Twitter(Converter):
         examples = []
         for split, name in SPLIT_FILES.items():
             rel = f"{tsv_dir}/{name}" if tsv_dir else name
-            where = src.uri_of(src.require(rel))
-            seen: set[str] = set()
-            for i, (no, fields) in enumerate(src.tsv(rel)):
-                if i == 0 and fields[0].strip() == "index":
-                    continue  # header
-                if len(fields) != FIELDS:
-                    line = "\t".join(fields)
-                    raise FormatError(where, f"expected {FIELDS} tab-separated fields (index, label, ImageID, "
-                                             f"sentence, target), got {len(fields)}: {line!r}", no)
-                index, label, image_id, sentence, target = (f.strip() for f in fields)
-                if PLACEHOLDER not in sentence:
-                    raise FormatError(where, f"sentence lacks the target placeholder {PLACEHOLDER}: {sentence!r}", no)
-                if not image_id:
-                    raise FormatError(where, "empty ImageID", no)
-                if index in seen:
-                    raise FormatError(where, f"index {index!r} appears twice", no)
-                seen.add(index)
-                examples.append({
-                    "example_id": f"{split}-{index}",
-                    "split": split,
-                    "language": "en",
-                    "context": [sentence.replace(PLACEHOLDER, target)],
-                    "image_ref": f"{image_dir}/{image_id}",
-                    "sentiment": label_index(label, SENTIMENT_LABELS, "label", where, no, codes=CODES),
-                    "target": target,
-                    "sentence": sentence,
-                    "image_id": image_id,
-                })
+            examples += _read_tsv(src, src.require(rel), split, image_dir)
         layout = "IJCAI2019_data layout" if tsv_dir else "dataset directory"
         return Scan(name=self.name, task=self.task, label_maps={"sentiment": SENTIMENT_LABELS},
                     examples=examples, version=f"TomBERT TSV, {layout}, images in {image_dir}/")
+
+
+def _clip(line: str, n: int = 80) -> str:
+    return line if len(line) <= n else line[:n] + "…"
+
+
+def _read_tsv(src: Source, rel: str, split: str, image_dir: str) -> list[dict]:
+    """The examples of one split's TSV file."""
+    where, examples, indexes, last = src.uri_of(rel), [], UniqueIds("index"), 1
+    for i, (no, fields) in enumerate(src.tsv(rel)):
+        last = no
+        line = "\t".join(fields)
+        if i == 0 and fields[0].strip() == "index":
+            if len(fields) > FIELDS:
+                raise FormatError(where, f"header of {len(fields)} fields, expected at most {FIELDS}: {_clip(line)!r}",
+                                  no)
+            continue  # header
+        if len(fields) != FIELDS:
+            raise FormatError(where, f"expected {FIELDS} tab-separated fields (index, label, ImageID, "
+                                     f"sentence, target), got {len(fields)}: {line!r}", no)
+        index, label, image_id, sentence, target = (f.strip() for f in fields)
+        if PLACEHOLDER not in sentence:
+            raise FormatError(where, f"sentence lacks the target placeholder {PLACEHOLDER}: {sentence!r}", no)
+        if not image_id:
+            raise FormatError(where, "empty ImageID", no)
+        indexes.add(index, where, no)
+        examples.append({
+            "example_id": f"{split}-{index}",
+            "split": split,
+            "language": "en",
+            "context": [sentence.replace(PLACEHOLDER, target)],
+            "image_ref": f"{image_dir}/{image_id}",
+            "sentiment": label_index(label, SENTIMENT_LABELS, "label", where, no, codes=CODES),
+            "target": target,
+            "sentence": sentence,
+            "image_id": image_id,
+        })
+    if not examples:
+        raise FormatError(where, "no example line (an empty file, or one cut short in its header?)", last)
+    return examples
 
 
 @register
