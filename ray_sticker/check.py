@@ -41,16 +41,18 @@ class CheckReport:
         return not self.problems
 
 
-def _split_names(uri: str, manifest: schema.Manifest) -> list[str]:
-    on_storage = [u.rstrip("/").rsplit("/", 1)[-1] for u in storage.listdir(storage.join(uri, "examples"))]
-    return list(manifest.splits) + [s for s in on_storage if s not in manifest.splits]
+def _split_names(tables_root: str, manifest: schema.Manifest) -> list[str]:
+    """The manifest's splits, then any other split directory on storage."""
+    found = [u.rstrip("/").rsplit("/", 1)[-1] for u in storage.listdir(storage.join(tables_root, "examples"))]
+    return list(manifest.splits) + [s for s in found if s not in manifest.splits]
 
 
 def _scan_tables(uri: str, manifest: schema.Manifest, report: CheckReport) -> dict[str, shards.Table]:
     """Footers of every split and of the stickers table, against the manifest."""
     root = schema.tables_uri(uri)
     found: dict[str, shards.Table] = {}
-    targets = [(f"examples/{s}", "examples", schema.split_uri(root, s), manifest.splits.get(s)) for s in _split_names(root, manifest)]
+    targets = [(f"examples/{s}", "examples", schema.split_uri(root, s), manifest.splits.get(s))
+               for s in _split_names(root, manifest)]
     if manifest.task == "select" or storage.listdir(schema.stickers_uri(root)):
         targets.append(("stickers", "stickers", schema.stickers_uri(root), manifest.stickers))
     for name, kind, where, expected in targets:
@@ -95,7 +97,8 @@ def _batches(table: shards.Table, columns: list[str]) -> Iterator[dict[str, list
                     rows = batch.to_pydict()
                     yield {c: rows.get(c, [None] * batch.num_rows) for c in columns}
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise UnreadableShard(f"shard {shard.uri}: data does not read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UnreadableShard(f"shard {shard.uri}: data does not read ({reason})") from None
 
 
 def _image_reason(data: bytes | None) -> str | None:

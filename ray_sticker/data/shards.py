@@ -72,7 +72,8 @@ def _read_footer(uri: str) -> Shard:
         if isinstance(exc, FileNotFoundError):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise schema.SchemaError(f"shard {uri} is not a readable Parquet file (cut short or damaged?): {reason}") from None
+        raise schema.SchemaError(f"shard {uri} is not a readable Parquet file (cut short or damaged?): "
+                                 f"{reason}") from None
 
 
 def scan(where: str) -> Table:
