@@ -142,13 +142,26 @@ def split_schema(uri: str, split: str):
                             f"split '{split}' has no Parquet files: {where}").schema
 
 
-def read_split(uri: str, split: str, columns: list[str]):
-    """A Ray Dataset of one split with only ``columns``; fails naming missing ones first."""
+def read_parquet(paths, filesystem):
+    """``ray.data.read_parquet`` on Ray Data's first Parquet datasource, unless the environment
+    chooses (``RAY_DATA_USE_DATASOURCE_V2``). The second reads footers in actors, a fresh
+    process per read: on 2 cores a 1-epoch tiny Ray Train run took 59 s instead of 47, and
+    ``bench ingest`` gave 0.38 of the DataLoader instead of 0.52 (BENCHMARKS.md). Sets this
+    process's ``DataContext``, which the datasets it builds carry to their tasks."""
+    import os
+
     import ray.data
 
+    if "RAY_DATA_USE_DATASOURCE_V2" not in os.environ:
+        ray.data.DataContext.get_current().use_datasource_v2 = False
+    return ray.data.read_parquet(paths, filesystem=filesystem)
+
+
+def read_split(uri: str, split: str, columns: list[str]):
+    """A Ray Dataset of one split with only ``columns``; fails naming missing ones first."""
     schema.check_columns(split_schema(uri, split), columns, f"dataset {uri} split '{split}'")
     fs, path = storage.resolve(schema.split_uri(schema.tables_uri(uri), split))
-    return ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
+    return read_parquet(path, fs).select_columns(columns)
 
 
 def _as_text(value, joiner: str) -> str:

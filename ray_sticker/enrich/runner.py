@@ -45,6 +45,7 @@ from ray_sticker import storage
 from ray_sticker.config import ConfigError
 from ray_sticker.data import schema
 from ray_sticker.data.convert.runner import VERSION_PREFIX
+from ray_sticker.data.pipeline import read_parquet
 from ray_sticker.enrich.annotators import ERROR_COLUMN, annotator_class
 from ray_sticker.enrich.spec import WORK_SUBDIR, EnrichSpec
 
@@ -332,7 +333,7 @@ def _dataset(plan: Plan, done: Iterable[str]):
 
     spec, cls = plan.spec, plan.annotator
     fs, base = storage.resolve(plan.tables_uri)
-    ds = ray.data.read_parquet([f"{base}/{rel}" for rel in plan.files], filesystem=fs)
+    ds = read_parquet([f"{base}/{rel}" for rel in plan.files], fs)
     ds = ds.select_columns(list(cls.input_columns))
     done = sorted(done)
     if done:
