@@ -646,6 +646,7 @@ def test_fuzz_overrides(harness):
     tally = Tally()
     fuzz(0, list(DEFAULT_CONFIGS), extra=8, cli_cases=20, read=harness, tally=tally)
     report("fuzz-config seed 0", tally)
+    assert not tally.failures and tally.cli["bad"] == 0 and tally.cli["clean"] == 20
 
 
 @pytest.mark.fuzz
@@ -655,6 +656,7 @@ def test_fuzz_overrides_long(harness):
     for seed in range(1, 6):
         fuzz(seed, list_configs(), extra=150, cli_cases=40, read=harness, tally=tally, heavy=4)
     report("fuzz-config seeds 1-5", tally)
+    assert not tally.failures and tally.cli["bad"] == 0 and tally.cli["clean"] > 0
 
 
 @pytest.mark.parametrize(
@@ -696,5 +698,11 @@ def test_every_valid_seed_seeds_every_epoch():
     from ray_sticker.train.augment import epoch_seed
     from ray_sticker.train.loop import set_seed
 
+    import numpy as np
+    import torch
+
     for seed in (0, 4295, 2**40):
         set_seed(epoch_seed(seed, epoch=3, rank=1))
+        first = (np.random.rand(), torch.rand(1).item())
+        set_seed(epoch_seed(seed, epoch=3, rank=1))
+        assert (np.random.rand(), torch.rand(1).item()) == first, seed  # the same seed, the same draws
