@@ -16,9 +16,12 @@ Goal = tuple[str, float]  # on a row's ratio: (">=", b), ("<=", b), or ("~", tol
 
 def machine_info() -> dict[str, Any]:
     """CPU count, GPU name (or None) and the versions that decide the figures."""
-    import deepspeed
     import ray
     import torch
+
+    from ray_sticker.train.engine import load_deepspeed
+
+    deepspeed = load_deepspeed()
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     try:

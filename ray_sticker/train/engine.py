@@ -8,7 +8,9 @@ per tower so that frozen towers and per-tower learning rates work at every ZeRO 
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 from typing import Any
 
 import torch
@@ -147,16 +149,56 @@ def skip_cpu_inference_comm_op() -> None:
     path uses; training over gloo never does. The op counts as unavailable when DeepSpeed's
     table of compatible ops says so (``deepspeed/comm/torch.py:build_shm_op``, its only reader):
     an empty table, set before the table is first probed, skips it."""
-    import deepspeed.ops
+    import deepspeed.ops  # after load_deepspeed()
 
     if "__compatible_ops__" not in vars(deepspeed.ops):
         deepspeed.ops.__compatible_ops__ = {}
 
 
+def load_deepspeed():
+    """``import deepspeed`` without two import-time costs of parts this library never uses,
+    together about 6 s of CPU in every worker of every run (2-core machine):
+
+    - ``deepspeed.autotuning`` imports mlflow when it is installed (3 s), for its autotuner.
+      mlflow is hidden while DeepSpeed is imported, so the autotuner sees none; this
+      library's MLflow tracking imports it later as usual.
+    - its ZeRO optimizers import its Muon optimizer to test ``isinstance(optimizer, Muon)``,
+      and that module's ``@torch.compile`` decorators import ``torch._inductor`` (3.5 s).
+      It is imported once with ``torch.compile`` the identity: Muon, which no config here
+      selects, would run eagerly.
+    """
+    if "deepspeed" in sys.modules and _MUON in sys.modules:
+        return sys.modules["deepspeed"]
+    hide_mlflow = "mlflow" not in sys.modules
+    if hide_mlflow:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]  # `import mlflow` raises ImportError
+    try:
+        import deepspeed
+    finally:
+        if hide_mlflow:
+            del sys.modules["mlflow"]
+    if _MUON not in sys.modules:
+        compile_ = torch.compile
+        torch.compile = _no_compile  # type: ignore[assignment]
+        try:
+            importlib.import_module(_MUON)
+        except ImportError:  # a DeepSpeed without Muon
+            pass
+        finally:
+            torch.compile = compile_
+    return deepspeed
+
+
+_MUON = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def _no_compile(model=None, **_):
+    return model if model is not None else (lambda fn: fn)
+
+
 def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu: bool):
     """-> (engine, precision). ``total_steps`` counts optimizer steps (after accumulation)."""
-    import deepspeed
-
+    deepspeed = load_deepspeed()
     if not on_gpu:
         skip_cpu_inference_comm_op()
     check_parameters(model)

@@ -29,8 +29,9 @@ CONFIG = "config.json"
 
 def consolidated_state_dict(engine) -> dict[str, torch.Tensor]:
     """Full fp32 state dict on every rank (ZeRO-3 parameters gathered from all ranks first)."""
-    import deepspeed
+    from ray_sticker.train.engine import load_deepspeed
 
+    deepspeed = load_deepspeed()
     module = engine.module
     params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
@@ -86,6 +87,9 @@ def load_model(uri: str):
 
 def state_dict_from_checkpoint(checkpoint_dir: str, tag: str = "state") -> dict[str, Any]:
     """Consolidate a DeepSpeed checkpoint directory (any ZeRO stage) into one fp32 state dict."""
+    from ray_sticker.train.engine import load_deepspeed
+
+    load_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     files = os.listdir(os.path.join(checkpoint_dir, tag))
