@@ -1,7 +1,8 @@
 """The Ray Data side of a run: the datasets its workers read and how they are split.
 
 The train split is split equally (every worker steps the same number of times); the
-evaluation split with ``equal=False``, so that no row is dropped. Both are preprocessed by
+evaluation split with ``equal=False``, so that no row is dropped. A cached split is cut once
+into fixed shards; a streamed one is shared out as it streams (see :func:`data_config`). Both are preprocessed by
 ``data/pipeline.py``; the evaluation split, and the train split when it is small enough,
 once, and kept in the object store for every epoch.
 """
@@ -52,21 +53,36 @@ def run_datasets(inputs: RunInputs) -> dict:
 
 def data_config(preserve_order: bool):
     """How the datasets reach the workers: see the module doc. ``preserve_order``: blocks reach
-    the workers in file order, so each rank sees the same rows in the same order every run."""
+    the workers in file order, so each rank sees the same rows in the same order every run.
+
+    A materialized (cached) split is cut into fixed per-rank shards of its blocks
+    (``Dataset.split``); a streamed one is shared out by a split coordinator per dataset
+    (``Dataset.streaming_split``). Both drop the remainder of the train split (``equal``) and
+    none of the evaluation split. A coordinator is an actor: a process started every run,
+    about 3 s of CPU, that a cached split does not need.
+    """
+    from ray.data.dataset import MaterializedDataset
     from ray.train import DataConfig
 
     options = DataConfig.default_ingest_options()
     options.preserve_order = preserve_order
 
-    class WholeEvalDataConfig(DataConfig):
+    class SplitOnceDataConfig(DataConfig):
         def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-            out = super().configure({k: v for k, v in datasets.items() if k != VALIDATION}, world_size,
+            streamed = {k: v for k, v in datasets.items() if not isinstance(v, MaterializedDataset)}
+            out = super().configure({k: v for k, v in streamed.items() if k != VALIDATION}, world_size,
                                     worker_handles, worker_node_ids, **kwargs)
-            if VALIDATION in datasets:
-                ds = datasets[VALIDATION].copy(datasets[VALIDATION])
-                ds.context.execution_options = self._resolve_execution_options(VALIDATION)
-                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
-                    out[i][VALIDATION] = split
+            for name, ds in datasets.items():
+                if isinstance(ds, MaterializedDataset):
+                    splits = [split.iterator() for split in ds.split(world_size, equal=name != VALIDATION)]
+                elif name == VALIDATION:
+                    ds = ds.copy(ds)
+                    ds.context.execution_options = self._resolve_execution_options(name)
+                    splits = ds.streaming_split(world_size, equal=False)
+                else:
+                    continue
+                for i, split in enumerate(splits):
+                    out[i][name] = split
             return out
 
-    return WholeEvalDataConfig(execution_options=options)
+    return SplitOnceDataConfig(execution_options=options)
