@@ -63,6 +63,12 @@ class DataConfig(_Section):
         description="selection: candidates per example (default: the dataset's, else 10); rows without "
                     "a stored candidate set get one drawn from the sticker pool, seeded by example id",
     )
+    train_negatives: Literal["fixed", "per_epoch"] = Field(
+        default="fixed",
+        description="selection: 'per_epoch' redraws the candidate sets drawn from the pool (not those the "
+                    "dataset stores) every training epoch, seeded by (example, train.seed, epoch), as papers "
+                    "that sample negatives train; evaluation keeps the fixed draw",
+    )
     eval_candidates: Literal["candidates", "pool"] = Field(
         default="candidates",
         description="selection: rank each example's candidates (MAP, R@k) or, for two-tower models, the "

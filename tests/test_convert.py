@@ -247,6 +247,7 @@ def _training_config(fmt: str, manifest: schema.Manifest, uri: str):
               "data.max_corrupt_fraction=0.2",  # fixtures hold rows without an image on purpose
               f"data.eval_split={'validation' if 'validation' in manifest.splits else 'test'}"]
     if manifest.task == "select":
+        common.append("data.train_negatives=per_epoch")  # DSTC10-MOD's train sets are drawn: redrawn here
         if fmt == "stickerint":  # candidates drawn from its small pool: fewer than the default 10
             return load_config("intra-tiny", [*common, "data.num_candidates=4",
                                               f"model.overrides.heads={json.dumps({'intent': heads['intent']})}"])
@@ -263,13 +264,13 @@ TRAINED = [f for f in FORMATS if f not in ("mvsa-multiple", "twitter17")]
 
 def _train_steps_in_process(cfg) -> int:
     """The worker loop's data path without Ray Train: the checked config's Ray Data pipeline
-    over the whole train split, the sticker pool's candidates gathered, forward, backward and
-    an optimizer step per batch. Returns the steps taken."""
+    over the whole train split, what training adds to each batch (candidates from the sticker
+    pool, augmentation), forward, backward and an optimizer step per batch. Returns the steps taken."""
     import torch
 
     from ray_sticker.data.pipeline import build_dataset
     from ray_sticker.models.registry import build_from_config
-    from ray_sticker.train.batches import attach_candidates, keep_usable
+    from ray_sticker.train.batches import keep_usable, prepare_train_batch
     from ray_sticker.train.inputs import check_inputs
 
     inputs = check_inputs(cfg)
@@ -284,8 +285,7 @@ def _train_steps_in_process(cfg) -> int:
         batch, _, empty = keep_usable(batch)
         if empty:
             continue
-        if pool is not None:
-            batch = attach_candidates(batch, pool)
+        batch = prepare_train_batch(batch, pool, cfg, 0, torch.Generator().manual_seed(steps))
         out = model(batch)
         assert torch.isfinite(out.loss), out.losses
         out.loss.backward()

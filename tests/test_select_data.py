@@ -7,7 +7,7 @@ import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from ray_sticker.data import schema, synthetic_select
-from ray_sticker.data.candidates import example_rng, sample_candidates
+from ray_sticker.data.candidates import example_key, example_rng, sample_candidates
 from ray_sticker.data.pipeline import (
     DataQualityError,
     PoolSpec,
@@ -114,6 +114,9 @@ def test_pipeline_draws_candidates_for_rows_without_and_skips_bad_rows(dataset):
     assert len(set(drawn)) == K and drawn[out["target"][0]] == batch["sticker_id"][0]
     again = preprocess_batch(batch, spec)  # seeded by example id: stable
     np.testing.assert_array_equal(again["candidate_idx"][:2], out["candidate_idx"][:2])
+    # drawn sets carry their example's key (training may redraw them), stored sets -1
+    assert out["candidate_key"][:2].tolist() == [example_key(str(e)) for e in batch["example_id"][:2]]
+    assert out["candidate_key"][2:4].tolist() == [-1, -1]
     assert count_skips(out["skip"]) == {"wrong number of candidates": 1, "unknown sticker id": 2,
                                         "label outside the label map": 1}
 

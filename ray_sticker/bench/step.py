@@ -175,8 +175,7 @@ def _pipeline_run(inputs, engine, opts: StepOptions, batch_size: int, device: to
     candidates gathered, images augmented): samples/s and the share of time spent waiting."""
     from ray_sticker.data.pipeline import build_dataset
     from ray_sticker.runtime import init_ray
-    from ray_sticker.train.augment import random_resized_crop_flip
-    from ray_sticker.train.batches import attach_candidates
+    from ray_sticker.train.batches import prepare_train_batch
 
     cfg = inputs.cfg
     init_ray(opts.address)
@@ -197,10 +196,7 @@ def _pipeline_run(inputs, engine, opts: StepOptions, batch_size: int, device: to
             t1 = time.perf_counter()
             batch.pop("skip")
             batch.pop("truncated", None)
-            if pool_t is not None:
-                batch = attach_candidates(batch, pool_t)
-            if cfg.data.augment and "pixel_values" in batch:
-                batch["pixel_values"] = random_resized_crop_flip(batch["pixel_values"], generator)
+            batch = prepare_train_batch(batch, pool_t, cfg, 0, generator)
             out = engine(batch)
             engine.backward(out.loss)
             engine.step()

@@ -10,7 +10,8 @@ their input's ``max_length`` are cut, and counted per row in ``truncated``.
 
 What a batch holds is declared by the model config (``models/output.py``): several text
 inputs, optional labels, and for selection the candidates' rows in the sticker pool
-(``candidate_idx``) and the positive's position (``target``). The pool itself — decoded
+(``candidate_idx``), the positive's position (``target``) and, for sets drawn rather than
+stored, the key by which training redraws them (``candidate_key``). The pool itself — decoded
 sticker images and tokenized sticker texts — is loaded once per worker by
 :func:`load_sticker_pool`; the training loop gathers each batch's candidates from it.
 """
@@ -106,7 +107,7 @@ class PreprocessSpec:
             per_text = t.max_length if t.raw else 16 * t.max_length  # bytes, or int64 ids + mask
             n += per_text * (len(t.columns) if t.separate or t.raw else 1)
         if self.select:
-            n += 8 * (self.num_candidates + 1)
+            n += 8 * (self.num_candidates + 2)  # candidate_idx, target, candidate_key
         elif self.use_image:
             n += 3 * self.image_size * self.image_size
         return n
@@ -257,13 +258,16 @@ def _labels(raw, num_classes: int, skip: np.ndarray, required: bool) -> np.ndarr
 
 def _candidates(batch: dict[str, np.ndarray], spec: PreprocessSpec, skip: np.ndarray) -> dict[str, np.ndarray]:
     """Pool rows of each example's candidates and the positive's position among them; rows
-    without a stored candidate set get one drawn from the pool, seeded by the example id."""
-    from ray_sticker.data.candidates import example_rng, sample_candidates
+    without a stored candidate set get one drawn from the pool, seeded by the example id, and
+    keep that id's key in ``candidate_key`` (-1 for stored sets), by which training may redraw
+    the set each epoch (data/candidates.py)."""
+    from ray_sticker.data.candidates import example_key, example_rng, sample_candidates
 
     n, k = len(batch["example_id"]), spec.num_candidates
     index = spec.sticker_index
     idx = np.zeros((n, k), dtype=np.int64)
     target = np.full(n, -1, dtype=np.int64)
+    keys = np.full(n, -1, dtype=np.int64)
     for i in range(n):
         positive = batch["sticker_id"][i]
         if positive is None or positive not in index:
@@ -271,7 +275,9 @@ def _candidates(batch: dict[str, np.ndarray], spec: PreprocessSpec, skip: np.nda
             continue
         cands = batch["candidate_ids"][i]
         if cands is None or len(cands) == 0:
-            cands = sample_candidates(positive, spec.sticker_ids, k, example_rng(str(batch["example_id"][i]), spec.seed))
+            example_id = str(batch["example_id"][i])
+            cands = sample_candidates(positive, spec.sticker_ids, k, example_rng(example_id, spec.seed))
+            keys[i] = example_key(example_id)
         cands = list(cands)
         if len(cands) != k:
             skip[i] = skip[i] or 7
@@ -282,7 +288,7 @@ def _candidates(batch: dict[str, np.ndarray], spec: PreprocessSpec, skip: np.nda
         else:
             idx[i] = [index[c] for c in cands]
             target[i] = cands.index(positive)
-    return {"candidate_idx": idx, "target": target}
+    return {"candidate_idx": idx, "target": target, "candidate_key": keys}
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:

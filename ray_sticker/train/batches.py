@@ -1,6 +1,7 @@
 """What training and evaluation do alike to each batch the pipeline delivers: drop the rows it
 marked unusable (counted per reason, summed over ranks, checked against
-``data.max_corrupt_fraction``) and gather each example's candidates from the sticker pool."""
+``data.max_corrupt_fraction``) and gather each example's candidates from the sticker pool;
+and what training alone adds (fresh negatives, augmentation)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from ray_sticker.config import ExperimentConfig
 from ray_sticker.data.pipeline import SKIP_OK, SKIP_REASONS, DataQualityError, count_skips
 from ray_sticker.train.metrics import all_reduce_sum
 
@@ -38,12 +40,52 @@ def keep_usable(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return {k: v[keep] for k, v in batch.items()}, codes, empty
 
 
-def attach_candidates(batch: dict[str, torch.Tensor], pool: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Gather the candidates' pool rows into the batch as ``candidate_<key>`` (B, K, ...)."""
+def attach_candidates(batch: dict[str, torch.Tensor], pool: dict[str, torch.Tensor],
+                      redraw: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Gather the candidates' pool rows into the batch as ``candidate_<key>`` (B, K, ...).
+    ``redraw=(seed, epoch)``: first draw anew the sets the pipeline drew (``candidate_key`` >= 0)
+    for that epoch (data/candidates.py); the sets a dataset stores are kept."""
+    keys = batch.pop("candidate_key", None)
+    if redraw is not None and keys is not None:
+        _redraw(batch, keys, next(iter(pool.values())).shape[0], *redraw)
     idx = batch["candidate_idx"]
     for key, value in pool.items():
         batch[f"candidate_{key}"] = value[idx]
     return batch
+
+
+def prepare_train_batch(batch: dict[str, torch.Tensor], pool: dict[str, torch.Tensor] | None,
+                        cfg: ExperimentConfig, epoch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """What training adds to a usable batch: its candidates from the pool (selection; redrawn
+    for the epoch where ``data.train_negatives`` says so) and, with ``data.augment``, a random
+    resized crop and flip of its images, the candidate stickers' included (train/augment.py)."""
+    from ray_sticker.train.augment import random_resized_crop_flip
+
+    if pool is not None:
+        redraw = (cfg.train.seed, epoch) if cfg.data.train_negatives == "per_epoch" else None
+        batch = attach_candidates(batch, pool, redraw)
+    if cfg.data.augment:
+        for key in ("pixel_values", "candidate_pixel_values"):
+            if key in batch:
+                pixels = batch[key]
+                batch[key] = random_resized_crop_flip(pixels.reshape(-1, *pixels.shape[-3:]), generator).reshape(pixels.shape)
+    return batch
+
+
+def _redraw(batch: dict[str, torch.Tensor], keys: torch.Tensor, pool_size: int, seed: int, epoch: int) -> None:
+    from ray_sticker.data.candidates import redraw_candidates
+
+    drawn = (keys >= 0).nonzero().squeeze(1)
+    if drawn.numel() == 0:
+        return
+    idx, target = batch["candidate_idx"], batch["target"]
+    positive = idx[drawn].gather(1, target[drawn].unsqueeze(1)).squeeze(1)
+    new_idx, new_target = redraw_candidates(positive.cpu().numpy(), keys[drawn].cpu().numpy(), pool_size,
+                                            idx.shape[1], seed, epoch)
+    idx, target = idx.clone(), target.clone()
+    idx[drawn] = torch.from_numpy(new_idx).to(idx.device)
+    target[drawn] = torch.from_numpy(new_target).to(target.device)
+    batch["candidate_idx"], batch["target"] = idx, target
 
 
 def timed(iterable: Iterable) -> Iterator[tuple[Any, float]]:

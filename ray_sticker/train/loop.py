@@ -22,8 +22,8 @@ from ray_sticker.data.pipeline import SKIP_OK
 from ray_sticker.runtime import worker_logging
 from ray_sticker.train import checkpoints as ckpt
 from ray_sticker.train import engine as ds_engine
-from ray_sticker.train.augment import epoch_seed, random_resized_crop_flip
-from ray_sticker.train.batches import SkipCounter, attach_candidates, keep_usable, timed
+from ray_sticker.train.augment import epoch_seed
+from ray_sticker.train.batches import SkipCounter, keep_usable, prepare_train_batch, timed
 from ray_sticker.train.evaluation import evaluate, save_plots
 from ray_sticker.train.export import write_run_config
 from ray_sticker.train.ingest import TRAIN, VALIDATION
@@ -147,7 +147,7 @@ def train_epoch(worker: Worker, epoch: int) -> tuple[dict[str, Any], dict[str, t
         t0 = time.perf_counter()
         batch, codes, empty = keep_usable(batch)
         skips.add(codes)
-        last_batch = batch = _prepare(worker, batch, augment)
+        last_batch = batch = prepare_train_batch(batch, worker.pool, cfg, epoch, augment)
         out = engine(batch)
         engine.backward(out.loss * 0.0 if empty else out.loss)
         engine.step()
@@ -180,15 +180,6 @@ def train_epoch(worker: Worker, epoch: int) -> tuple[dict[str, Any], dict[str, t
         **{f"lr[{g['name']}]": g["lr"] for g in engine.optimizer.param_groups if "name" in g},
         **{f"train_{k}": v for k, v in skips.check(cfg.data.max_corrupt_fraction, f"train epoch {epoch}").items()},
     }, last_batch
-
-
-def _prepare(worker: Worker, batch: dict[str, torch.Tensor], augment: torch.Generator) -> dict[str, torch.Tensor]:
-    """Candidates from the pool (selection) and train-time augmentation of the images."""
-    if worker.pool is not None:
-        batch = attach_candidates(batch, worker.pool)
-    if worker.cfg.data.augment and "pixel_values" in batch:
-        batch["pixel_values"] = random_resized_crop_flip(batch["pixel_values"], augment)
-    return batch
 
 
 def _log_step(worker: Worker, epoch: int, loss: float, samples_per_s: float, wait: float) -> None:

@@ -85,13 +85,13 @@ def write_release(root: Path) -> Expected:
 
 
 def _uses(root: Path, sticker_id: str) -> int:
-    """Samples whose positive or candidates use ``sticker_id``: candidates are drawn from the whole
-    pool, so this depends on the seed — it is counted at the default options."""
+    """Samples whose positive or stored candidates use ``sticker_id``: evaluation candidates are
+    drawn from the whole pool, so this depends on the seed — it is counted at the default options."""
     from ray_sticker.data.convert.base import ConvertOptions, Source
     from ray_sticker.data.convert.dstc10_mod import DSTC10MOD
 
     scan = DSTC10MOD().scan(Source(str(root)), ConvertOptions())
-    return sum(sticker_id in ex["candidate_ids"] for ex in scan.examples)
+    return sum(sticker_id == ex["sticker_id"] or sticker_id in (ex.get("candidate_ids") or []) for ex in scan.examples)
 
 
 FIXTURES = {"dstc10-mod": write_release}

@@ -35,7 +35,10 @@ Choices:
 - Stickers: every meme of ``img2id.json`` (one image in ``meme_set/`` is not in it and is left
   out, as Zhang et al. do), extra column ``file_name``; no set, text or labels.
 - Candidates: the positive plus ``num_candidates - 1`` random distractors from the whole meme
-  pool (EIGML's protocol for this dataset), seeded by ``options.seed`` and the example id.
+  pool (EIGML's protocol for this dataset). The evaluation splits store one draw, seeded by
+  ``options.seed`` and the example id, so every evaluation ranks the same sets; train rows
+  store none: training draws them from the pool (``data.train_negatives``: once, or anew
+  each epoch as a sampler of negatives does).
 - Splits: ``c_train`` -> train, ``c_val`` -> validation (the set EIGML reports on), both test
   files when present -> test, told apart by the extra column ``test_set`` ("easy"/"hard"); one
   test file without the other is refused (FileNotFoundError naming the missing one).
@@ -180,7 +183,7 @@ class DSTC10MOD(Converter):
         examples = [ex for split, names in DIALOGUE_FILES.items() for ex in reader.dialogues(src.require(*names), split)]
         if any(src.exists(rel) for rel in TEST_FILES.values()):  # both or neither
             examples += [ex for level, rel in TEST_FILES.items() for ex in reader.task2(src.require(rel), level)]
-        for ex in examples:
+        for ex in (ex for ex in examples if ex["split"] != "train"):
             ex["candidate_ids"] = sample_candidates(ex["sticker_id"], pool, options.num_candidates,
                                                     example_rng(ex["example_id"], options.seed))
         return Scan(name=self.name, task=self.task, label_maps={"emotion": emotions}, examples=examples,
