@@ -134,7 +134,8 @@ class TrainConfig(_Section):
 class DeepSpeedConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
+        default="auto", description="auto: bf16 on GPUs that compute it natively, else fp16 with dynamic loss "
+                                    "scaling on GPUs with tensor cores, else fp32; fp32 on CPU (logged by each worker)"
     )
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     gradient_clipping: float = Field(default=1.0, ge=0)

@@ -78,7 +78,6 @@ def test_deepspeed_config_offload_sections():
     "requested, on_gpu, expected",
     [
         ("auto", False, "fp32"),
-        ("auto", True, "bf16"),
         ("bf16", False, "fp32"),
         ("fp16", False, "fp32"),
         ("bf16", True, "bf16"),
@@ -89,7 +88,34 @@ def test_deepspeed_config_offload_sections():
 )
 def test_resolve_precision(requested, on_gpu, expected):
     # Half precision needs train.use_gpu in the config; ``on_gpu`` is what the worker found.
-    assert resolve_precision(_cfg(f"deepspeed.precision={requested}", "train.use_gpu=true"), on_gpu=on_gpu) == expected
+    precision, why = resolve_precision(_cfg(f"deepspeed.precision={requested}", "train.use_gpu=true"), on_gpu=on_gpu)
+    assert precision == expected and why
+
+
+@pytest.mark.parametrize(
+    "bf16, capability, expected",
+    [
+        (True, (8, 0), "bf16"),  # A100, H100, A800: native bf16
+        (False, (7, 0), "fp16"),  # V100
+        (False, (7, 5), "fp16"),  # T4
+        (False, (6, 1), "fp32"),  # P40 and older: no tensor cores
+    ],
+)
+def test_auto_precision_follows_the_gpu(monkeypatch, bf16, capability, expected):
+    import torch
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation) or bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Card")
+    precision, why = resolve_precision(_cfg("deepspeed.precision=auto", "train.use_gpu=true"), on_gpu=True)
+    assert precision == expected and "Card" in why
+    assert asked == [False]  # emulated bf16 (slow on pre-Ampere cards) does not count
+
+
+def test_fp16_uses_dynamic_loss_scaling():
+    fp16 = deepspeed_config(_cfg(), "fp16")["fp16"]
+    assert fp16["enabled"] and fp16["loss_scale"] == 0 and fp16["initial_scale_power"] == 16
 
 
 # ---------------------------------------------------------------------------- parameter groups

@@ -257,7 +257,7 @@ def run_step(opts: StepOptions) -> BenchResult:
     batch = torch_batch(sample_batch(inputs, cfg.train.batch_size), inputs.run.load_pool(), device)
     from ray_sticker.train.engine import resolve_precision
 
-    precision = resolve_precision(cfg, on_gpu)
+    precision, _ = resolve_precision(cfg, on_gpu)
 
     threads = opts.threads or worker_threads(cfg.train.cpus_per_worker)
     saved_threads = torch.get_num_threads()

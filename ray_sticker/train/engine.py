@@ -9,6 +9,7 @@ per tower so that frozen towers and per-tower learning rates work at every ZeRO 
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import sys
 from typing import Any
@@ -18,13 +19,31 @@ from torch import nn
 
 from ray_sticker.config import ExperimentConfig
 
+log = logging.getLogger("ray_sticker.train")
 
-def resolve_precision(cfg: ExperimentConfig, on_gpu: bool) -> str:
-    if cfg.deepspeed.precision == "auto":
-        return "bf16" if on_gpu else "fp32"
-    if cfg.deepspeed.precision in ("bf16", "fp16") and not on_gpu:
-        return "fp32"  # half precision on CPU is slower and unsupported by several ops
-    return cfg.deepspeed.precision
+
+def gpu_precision(device: int | None = None) -> tuple[str, str]:
+    """(precision, why) for ``deepspeed.precision: auto`` on a CUDA GPU: bf16 where the GPU
+    computes it natively (Ampere and later; emulated bf16 on older cards is slow), else fp16
+    with dynamic loss scaling on GPUs with tensor cores (compute capability 7.0+: V100, T4),
+    else fp32."""
+    name = torch.cuda.get_device_name(device)
+    capability = torch.cuda.get_device_capability(device)
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16", f"{name} computes bf16"
+    if capability >= (7, 0):
+        return "fp16", f"{name} (compute capability {capability[0]}.{capability[1]}) lacks bf16; fp16 with loss scaling"
+    return "fp32", f"{name} (compute capability {capability[0]}.{capability[1]}) has no fast half precision"
+
+
+def resolve_precision(cfg: ExperimentConfig, on_gpu: bool) -> tuple[str, str]:
+    """(precision, why) of a worker: ``deepspeed.precision``, with ``auto`` resolved."""
+    requested = cfg.deepspeed.precision
+    if not on_gpu:  # half precision on CPU is slower and unsupported by several ops
+        return "fp32", "CPU workers train in fp32"
+    if requested == "auto":
+        return gpu_precision()
+    return requested, "deepspeed.precision"
 
 
 def deepspeed_config(cfg: ExperimentConfig, precision: str) -> dict[str, Any]:
@@ -48,7 +67,9 @@ def deepspeed_config(cfg: ExperimentConfig, precision: str) -> dict[str, Any]:
         # optimizer on CPU-only workers (see build_optimizer).
         "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16"},
+        # loss_scale 0: dynamic loss scaling (start at 2^16, halve on overflow, grow after 1000 clean steps)
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -203,7 +224,8 @@ def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu
         skip_cpu_inference_comm_op()
     check_parameters(model)
     freeze_towers(model, cfg)
-    precision = resolve_precision(cfg, on_gpu)
+    precision, why = resolve_precision(cfg, on_gpu)
+    log.info("precision %s (deepspeed.precision=%s: %s)", precision, cfg.deepspeed.precision, why)
     optimizer = build_optimizer(param_groups(model, cfg), cfg, on_gpu)
     warmup = int(cfg.train.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.scheduler, total_steps, warmup))
