@@ -102,3 +102,19 @@ def test_evaluating_a_broken_checkpoint_names_the_problem(tmp_path):
     os.remove(directory / "state" / "zero_pp_rank_1_optim_states.pt")
     with pytest.raises(ValueError, match="epoch-0000 cannot be used: file state/zero_pp_rank_1"):
         load_model(str(directory))
+
+
+def test_a_run_config_keeps_the_order_of_the_heads(tmp_path):
+    """The heads' order is part of a model: the first head's metrics get the short names and an
+    MLLM's prompt and answer list the heads in it. An export must not sort them."""
+    import json
+
+    from ray_sticker.config import load_config
+    from ray_sticker.train.export import CONFIG, write_run_config
+
+    heads = {"sentiment": 3, "intent": 20}
+    write_run_config(str(tmp_path), load_config("mllm-tiny"), {"arch": "mllm", "heads": heads},
+                     {"sentiment": ["neutral", "positive", "negative"], "intent": [str(i) for i in range(20)]})
+    meta = json.loads((tmp_path / CONFIG).read_text())
+    assert list(meta["architecture"]["heads"]) == ["sentiment", "intent"]
+    assert list(meta["label_maps"]) == ["sentiment", "intent"]

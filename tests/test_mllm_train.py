@@ -1,7 +1,7 @@
 """The MLLM baseline under Ray Train + DeepSpeed ZeRO-3 (parameters and optimizer states
 offloaded) on 2 CPU workers: parameters partitioned, loss going down, generated answers
-parsed in every evaluation; each ZeRO-3 checkpoint (partitioned over the 2 ranks) restores
-the model of its epoch."""
+parsed in every evaluation; each ZeRO-3 checkpoint (partitioned over the 2 ranks) and the
+export evaluate to the metrics the run reported for their epoch."""
 
 import pytest
 
@@ -29,10 +29,15 @@ def test_mllm_fine_tunes_under_zero3_with_offload_and_restores_from_its_checkpoi
     assert e1["val_examples"] == 50
     assert 0 <= e1.get("val_unparsed", 0) <= 50  # unreadable answers are counted (wrong), not dropped
 
-    # Each checkpoint, consolidated from its 2 ZeRO-3 partitions, restores the model of its
-    # epoch: the last one is the export, and it has learnt more than the first.
+    # What the run reports is what its outputs give: the last checkpoint, consolidated from its
+    # 2 ZeRO-3 partitions, and the export evaluate to the run's last validation metrics; the
+    # first checkpoint restores the model of its epoch, which had learnt less.
     last = evaluate_export(f"{result.run_dir}/epoch-0001", split="validation", batch_size=25)
     assert last == evaluate_export(result.export_uri, split="validation", batch_size=25)
+    reported = {k[len("val_"):]: v for k, v in e1.items() if k.startswith("val_")}
+    assert last.keys() == reported.keys()
+    for key, value in reported.items():
+        assert last[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     first = evaluate_export(f"{result.run_dir}/epoch-0000", split="validation", batch_size=25)
+    assert first["loss"] == pytest.approx(e0["val_loss"], rel=1e-5)
     assert last["loss"] < first["loss"] and last["examples"] == first["examples"] == 50
-    assert 0 <= last.get("unparsed", 0) <= 50

@@ -41,10 +41,12 @@ def consolidated_state_dict(engine) -> dict[str, torch.Tensor]:
 
 def write_run_config(directory: str, cfg: ExperimentConfig, model_config: dict[str, Any],
                      label_maps: dict[str, list[str]]) -> None:
-    """``config.json``: experiment config, resolved architecture and label maps."""
+    """``config.json``: experiment config, resolved architecture and label maps, keys in their
+    order: the order of a model's heads is part of it (the first head's metrics are the short
+    ``accuracy``/``f1`` names; an MLLM's prompt lists the heads and its answer follows them)."""
     meta = {"experiment": cfg.to_dict(), "architecture": model_config, "label_maps": label_maps}
     with open(os.path.join(directory, CONFIG), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+        json.dump(meta, f, indent=2)
 
 
 def export_model(engine, cfg: ExperimentConfig, model_config: dict[str, Any], uri: str,
