@@ -311,3 +311,25 @@ def test_cpu_workers_skip_what_deepspeed_would_load_for_nothing():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "shm op: None" in out.stdout, out.stdout[-2000:]
     assert "imported: []" in out.stdout and "mlflow after: mlflow" in out.stdout, out.stdout[-2000:]
+
+
+def test_zero3_refuses_a_large_parameter_held_by_the_model_itself():
+    """ZeRO-3's pre-backward hook cannot see into ModelOutput: the model's own parameters must
+    stay below the persistence threshold (never partitioned); its submodules' may be any size."""
+    from torch import nn
+
+    from ray_sticker.train.engine import ZERO3_PERSISTENCE_THRESHOLD, check_root_parameters
+
+    class Model(nn.Module):
+        def __init__(self, own: int):
+            super().__init__()
+            self.tower = nn.Linear(1000, 1000)  # 1M elements in a submodule: fine
+            self.temp = nn.Parameter(torch.ones(own))
+
+    for stage in (0, 1, 2, 3):
+        check_root_parameters(Model(1), stage)
+    check_root_parameters(Model(2 * ZERO3_PERSISTENCE_THRESHOLD), 2)
+    with pytest.raises(ValueError, match=r"Model holds parameters \[\('temp', 200000\)\] itself"):
+        check_root_parameters(Model(2 * ZERO3_PERSISTENCE_THRESHOLD), 3)
+    ds = deepspeed_config(_cfg("deepspeed.zero_stage=3"), "fp32")
+    assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == ZERO3_PERSISTENCE_THRESHOLD

@@ -21,6 +21,9 @@ from ray_sticker.config import ExperimentConfig
 
 log = logging.getLogger("ray_sticker.train")
 
+# DeepSpeed's default: ZeRO-3 never partitions a parameter of at most this many elements.
+ZERO3_PERSISTENCE_THRESHOLD = 100_000
+
 
 def gpu_precision(device: int | None = None) -> tuple[str, str]:
     """(precision, why) for ``deepspeed.precision: auto`` on a CUDA GPU: bf16 where the GPU
@@ -56,7 +59,8 @@ def deepspeed_config(cfg: ExperimentConfig, precision: str) -> dict[str, Any]:
     if ds.offload_param:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.zero_stage == 3:
-        zero.update(stage3_gather_16bit_weights_on_model_save=True)
+        zero.update(stage3_gather_16bit_weights_on_model_save=True,
+                    stage3_param_persistence_threshold=ZERO3_PERSISTENCE_THRESHOLD)
     return {
         "train_micro_batch_size_per_gpu": cfg.train.batch_size,
         "gradient_accumulation_steps": ds.gradient_accumulation_steps,
@@ -68,8 +72,8 @@ def deepspeed_config(cfg: ExperimentConfig, precision: str) -> dict[str, Any]:
         "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": precision == "bf16"},
         # loss_scale 0: dynamic loss scaling (start at 2^16, halve on overflow, grow after 1000 clean steps)
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
-                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "fp16": ({"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                  "hysteresis": 2, "min_loss_scale": 1} if precision == "fp16" else {"enabled": False}),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -164,6 +168,26 @@ def check_parameters(model: nn.Module) -> None:
         raise ValueError(f"0-dim parameters {scalars} cannot be trained under DeepSpeed; give them shape (1,)")
 
 
+def check_root_parameters(model: nn.Module, zero_stage: int) -> None:
+    """ZeRO-3 gathers a module's partitioned parameters before its backward through a hook on
+    the tensors its forward returns. Models return ``ModelOutput``, a dataclass the hook cannot
+    look into (DeepSpeed warns: "tensors embedded in it cannot be detected ... may not get
+    triggered properly"), so the hook never fires for the model itself; every submodule returns
+    tensors, tuples or Hugging Face outputs (dicts), whose hooks do fire. That is harmless as
+    long as the model's own parameters (not its submodules') are never partitioned, which
+    ZeRO-3 guarantees below its persistence threshold: learnable temperatures and gates are
+    of shape (1,). A larger one belongs in a submodule; refused here rather than left to fail
+    in backward."""
+    if zero_stage != 3:
+        return
+    large = [(name, p.numel()) for name, p in model.named_parameters(recurse=False)
+             if p.numel() > ZERO3_PERSISTENCE_THRESHOLD]
+    if large:
+        raise ValueError(f"{type(model).__name__} holds parameters {large} itself: under ZeRO-3 parameters of more "
+                         f"than {ZERO3_PERSISTENCE_THRESHOLD} elements must live in a submodule (see "
+                         "engine.check_root_parameters)")
+
+
 def skip_cpu_inference_comm_op() -> None:
     """When its communication backend starts, DeepSpeed builds (on a fresh machine: compiles,
     about 80 s on 2 cores) and loads a CPU shared-memory all-reduce that only its CPU inference
@@ -223,6 +247,7 @@ def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu
     if not on_gpu:
         skip_cpu_inference_comm_op()
     check_parameters(model)
+    check_root_parameters(model, cfg.deepspeed.zero_stage)
     freeze_towers(model, cfg)
     precision, why = resolve_precision(cfg, on_gpu)
     log.info("precision %s (deepspeed.precision=%s: %s)", precision, cfg.deepspeed.precision, why)
