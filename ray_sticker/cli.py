@@ -93,7 +93,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not args.src:
         raise ConfigError(f"prepare {args.format}: --src (the release's directory or s3:// URI) is required")
     options = ConvertOptions(seed=args.seed, split_fractions=_split_fractions(args.splits),
-                             num_candidates=args.num_candidates)
+                             num_candidates=args.num_candidates, fold=args.fold)
     manifest, report = convert(args.format, args.src, args.out, options, rows_per_shard=args.rows_per_shard,
                                max_skipped_fraction=args.max_skipped_fraction, address=args.address)
     print(report.summary())
@@ -287,6 +287,8 @@ def _prepare_parser(sub) -> None:
                                      "(releases without their own splits; default: the paper's)")
     pr.add_argument("--num-candidates", type=int, default=10,
                     help="selection releases whose candidates are drawn at conversion: set size")
+    pr.add_argument("--fold", help="releases that ship several folds: which one (MVSA in CLMLF's layout: "
+                                   "10-flod-1 by default)")
     pr.add_argument("--max-skipped-fraction", type=float, default=0.01,
                     help="fail (publishing nothing) when more of a table's rows are skipped")
     pr.add_argument("--rows-per-shard", type=int, default=512)

@@ -72,6 +72,21 @@ def test_ijcai2019_layout(tmp_path):
     assert scan.examples[0]["image_id"] == "17_06_1001.jpg"
 
 
+def test_a_dataset_directory_of_the_archive_reads_the_images_beside_it(tmp_path):
+    """--src at IJCAI2019_data/twitter2017 as downloaded: the TSVs there, the images in the
+    sibling twitter2017_images/; converted without a missing image."""
+    from ray_sticker.data import schema
+    from ray_sticker.data.convert.runner import convert
+
+    _release(tmp_path, "twitter17")
+    scan = _scan("twitter17", tmp_path / "twitter2017")
+    assert scan.image_root == str(tmp_path) and "images in ../twitter2017_images/" in scan.version
+    assert scan.examples[0]["image_ref"] == "twitter2017_images/17_06_1001.jpg"
+    manifest, report = convert("twitter17", str(tmp_path / "twitter2017"), str(tmp_path / "out"), in_process=True)
+    assert manifest.splits == {"train": 6, "validation": 2, "test": 2} and not report.examples.skipped
+    assert schema.read_manifest(str(tmp_path / "out")).splits == manifest.splits
+
+
 def test_tombert_script_image_directory_name(tmp_path):
     _release(tmp_path, "twitter17")
     (tmp_path / "twitter2017_images").rename(tmp_path / "twitter_subimages")

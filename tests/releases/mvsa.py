@@ -1,4 +1,5 @@
-"""MVSA-Single / MVSA-Multiple as CLMLF ships them: {train,dev,test}.json + dataset_image/<id>.jpg."""
+"""MVSA-Single / MVSA-Multiple: {train,dev,test}.json + dataset_image/<id>.jpg, the split
+files at the root or, as CLMLF's repository holds them, in fold directories (``10-flod-1/``)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,14 @@ RECORDS = {
 COLOURS = {0: (230, 200, 40), 1: (128, 128, 128), 2: (30, 40, 160)}
 
 
-def write_release(root: Path) -> Expected:
+def write_release(root: Path, folds: tuple[str, ...] = ()) -> Expected:
+    """The split files at the root, or in each of ``folds`` (each fold's training file one
+    record shorter than the previous one's, so folds can be told apart)."""
     for name, records in RECORDS.items():
-        write_json(root / name, records)
+        if not folds:
+            write_json(root / name, records)
+        for i, fold in enumerate(folds):
+            write_json(root / fold / name, records[:len(records) - i] if name == "train.json" else records)
         for r in records:
             write(root / "dataset_image" / f"{r['id']}.jpg", jpeg(COLOURS[r["emotion_label"]]))
     return Expected(splits={"train": 4, "validation": 2, "test": 2},

@@ -67,6 +67,7 @@ class ConvertOptions:
     seed: int = 0
     split_fractions: dict[str, float] | None = None  # replaces a converter's SeededSplit fractions
     num_candidates: int = 10  # selection datasets that draw distractors at conversion
+    fold: str | None = None  # releases that ship several splits of one dataset (e.g. CLMLF's 10-flod-N)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Scan:
     ``fixups`` counts what was corrected while reading (e.g. a known defect of a release)
     and ends up in the report. ``skipped``: example rows read but not kept, as
     ``(example_id, reason, detail)``; the runner counts them with the rows it skips.
+    ``image_root``: where the images are when a release keeps them beside the directory read.
     """
 
     name: str
@@ -91,6 +93,7 @@ class Scan:
     fixups: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    image_root: str | None = None  # the URI ``image_ref`` paths are relative to (None: the release root)
 
 
 class Source:
@@ -103,6 +106,16 @@ class Source:
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"release not found: {uri}")
+
+    def parent(self) -> Source | None:
+        """The directory holding this release (None at a bucket's or filesystem's root)."""
+        head, _, tail = self.uri.rstrip("/").rpartition("/")
+        if not tail or not head or head.endswith(":/"):
+            return None
+        try:
+            return Source(head)
+        except FileNotFoundError:
+            return None
 
     def uri_of(self, rel: str) -> str:
         return storage.join(self.uri, rel)

@@ -1,12 +1,18 @@
 """MVSA-Single and MVSA-Multiple, in the splits of CLMLF (the splits MDSE reports on).
 
-Layout::
+Two layouts are read: CLMLF's repository (``dataset/data/MVSA-single/``, where its
+``main.py`` reads them: the split files in a fold directory named by ``-data_path_name``,
+default ``10-flod-1``, the images beside it), and the split files at the root::
 
-    train.json  dev.json  test.json     [{"id": "5", "text": "...", "emotion_label": 0}, ...]
-    dataset_image/<id>.jpg
+    MVSA-single/                               or   MVSA-single/
+        10-flod-1/train.json dev.json test.json         train.json dev.json test.json
+        dataset_image/<id>.jpg                          dataset_image/<id>.jpg
 
-``emotion_label``: 0 positive, 1 neutral, 2 negative (mapped to the shared sentiment order);
-``dev`` becomes ``validation``. An ``id`` given twice in a file is a FormatError. Sizes: Single 3,611/450/450, Multiple 13,624/1,700/1,700.
+Records: ``[{"id": "5", "text": "...", "emotion_label": 0}, ...]``. With fold directories,
+``--fold`` chooses one (default ``10-flod-1``, else the only one); a release with several and
+none chosen is refused, naming them. ``emotion_label``: 0 positive, 1 neutral, 2 negative
+(mapped to the shared sentiment order); ``dev`` becomes ``validation``. An ``id`` given twice
+in a file is a FormatError. Sizes: Single 3,611/450/450, Multiple 13,624/1,700/1,700.
 """
 
 from __future__ import annotations
@@ -18,6 +24,30 @@ from ray_sticker.data.convert.base import (
 
 SPLIT_FILES = {"train": "train.json", "validation": "dev.json", "test": "test.json"}
 CODES = {0: "positive", 1: "neutral", 2: "negative"}
+DEFAULT_FOLD = "10-flod-1"  # CLMLF's main.py: -data_path_name
+
+
+def split_dir(src: Source, fold: str | None) -> str:
+    """Where the split files are: the chosen fold's directory, CLMLF's default fold, the only
+    fold, or the root."""
+    if fold is not None:
+        if not src.exists(f"{fold}/{SPLIT_FILES['train']}"):
+            raise FileNotFoundError(f"release at {src.uri} has no fold {fold!r} ({fold}/{SPLIT_FILES['train']}); "
+                                    f"folds: {', '.join(_folds(src)) or 'none'}")
+        return fold
+    if src.exists(SPLIT_FILES["train"]):
+        return ""
+    folds = _folds(src)
+    if DEFAULT_FOLD in folds or len(folds) == 1:
+        return DEFAULT_FOLD if DEFAULT_FOLD in folds else folds[0]
+    if folds:
+        raise FileNotFoundError(f"release at {src.uri} holds the folds {', '.join(folds)}: choose one with --fold")
+    raise FileNotFoundError(f"release at {src.uri} lacks {SPLIT_FILES['train']} (at its root or in a fold "
+                            f"directory such as {DEFAULT_FOLD}/)")
+
+
+def _folds(src: Source) -> list[str]:
+    return [name for name in src.listdir() if src.exists(f"{name}/{SPLIT_FILES['train']}")]
 
 
 class _MVSA(Converter):
@@ -25,7 +55,9 @@ class _MVSA(Converter):
 
     def scan(self, src: Source, options: ConvertOptions) -> Scan:
         examples = []
-        for split, rel in SPLIT_FILES.items():
+        folder = split_dir(src, options.fold)
+        for split, name in SPLIT_FILES.items():
+            rel = f"{folder}/{name}" if folder else name
             where = src.uri_of(src.require(rel))
             records = src.json(rel)
             if not isinstance(records, list):
@@ -45,7 +77,7 @@ class _MVSA(Converter):
                                              "emotion_label", where, at, codes=CODES),
                 })
         return Scan(name=self.name, task=self.task, label_maps={"sentiment": SENTIMENT_LABELS},
-                    examples=examples, version="CLMLF splits")
+                    examples=examples, version=f"CLMLF splits{f' ({folder})' if folder else ''}")
 
 
 @register

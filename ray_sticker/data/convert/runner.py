@@ -326,13 +326,13 @@ def convert(fmt: str, src: str, out: str, options: ConvertOptions = ConvertOptio
     if not in_process:
         init_ray(address)
     try:
-        examples = scan.examples
+        examples, images = scan.examples, scan.image_root or src
         if scan.stickers:
-            lost = _convert_table(scan.stickers, "stickers", src, tables, rows_per_shard, True, report.stickers,
+            lost = _convert_table(scan.stickers, "stickers", images, tables, rows_per_shard, True, report.stickers,
                                   in_process)
             known = {r["sticker_id"] for r in scan.stickers}
             examples = _drop_examples_of(examples, lost, known, report.examples)
-        _convert_table(examples, "examples", src, tables, rows_per_shard, False, report.examples, in_process)
+        _convert_table(examples, "examples", images, tables, rows_per_shard, False, report.examples, in_process)
         report.seconds = time.perf_counter() - t0
         _check_published(out, report, max_skipped_fraction)
     except BaseException:

@@ -11,9 +11,9 @@ Two layouts are read, told apart by where ``train.tsv`` is (``YYYY`` = 2015 or 2
 
 The image directory may also carry the name TomBERT's own script uses
 (``twitter15_images`` for 2015, ``twitter_subimages`` for 2017); the first of the names that
-is a directory is used. A dataset directory that keeps its images outside itself (as
-``IJCAI2019_data/twitter2015`` does) cannot be read on its own: image references stay inside
-the release root, so point the converter at ``IJCAI2019_data`` instead.
+is a directory is used. A dataset directory that keeps its images beside itself (as
+``IJCAI2019_data/twitter2015`` does, next to ``IJCAI2019_data/twitter2015_images``) is read
+with the images of its parent directory.
 
 Each TSV line is ``index  label  ImageID  sentence  target`` (header
 ``index  #1 Label  #2 ImageID  #3 String  #3 String``): the sentence holds the aspect term as
@@ -61,17 +61,23 @@ class _Twitter(Converter):
     def scan(self, src: Source, options: ConvertOptions) -> Scan:
         archive_dir, train = f"twitter{self.year}", SPLIT_FILES["train"]
         tsv_dir = "" if src.require(train, f"{archive_dir}/{train}") == train else archive_dir
+        image_root = None
         image_dir = next((d for d in self.image_dirs if src.is_dir(d)), None)
+        parent = src.parent() if image_dir is None and not tsv_dir else None
+        if parent is not None:  # IJCAI2019_data/twitterYYYY: the images are its siblings
+            image_dir = next((d for d in self.image_dirs if parent.is_dir(d)), None)
+            image_root = parent.uri if image_dir else None
         if image_dir is None:
             raise FileNotFoundError(f"release at {src.uri} lacks an image directory "
-                                    f"({' or '.join(d + '/' for d in self.image_dirs)})")
+                                    f"({' or '.join(d + '/' for d in self.image_dirs)}), and so does its parent")
         examples = []
         for split, name in SPLIT_FILES.items():
             rel = f"{tsv_dir}/{name}" if tsv_dir else name
             examples += _read_tsv(src, src.require(rel), split, image_dir)
         layout = "IJCAI2019_data layout" if tsv_dir else "dataset directory"
+        where = f"../{image_dir}/" if image_root else f"{image_dir}/"
         return Scan(name=self.name, task=self.task, label_maps={"sentiment": SENTIMENT_LABELS},
-                    examples=examples, version=f"TomBERT TSV, {layout}, images in {image_dir}/")
+                    examples=examples, version=f"TomBERT TSV, {layout}, images in {where}", image_root=image_root)
 
 
 def _clip(line: str, n: int = 80) -> str:
