@@ -237,8 +237,14 @@ def direct_fusion(fusion: GuidedFusion, text, mask, image, knowledge, knowledge_
     for b in range(image.shape[0]):
         q_t = lin(fusion.q_text, text[b])
         if fusion.guided:
-            guide = torch.cat([knowledge[b].double(), lin(fusion.emotion_in, emotion[b])[None]])
-            guide_mask = torch.cat([knowledge_mask[b], torch.tensor([True])])
+            tokens, masks = [], []
+            if fusion.intention:
+                tokens.append(knowledge[b].double())
+                masks.append(knowledge_mask[b])
+            if fusion.emotion:
+                tokens.append(lin(fusion.emotion_in, emotion[b])[None])
+                masks.append(torch.tensor([True]))
+            guide, guide_mask = torch.cat(tokens), torch.cat(masks)
             q_ei = lin(fusion.q_guide, guide)
         for k in range(image.shape[1]):
             k_v, v_v = lin(fusion.k_image, image[b, k]), lin(fusion.v_image, image[b, k])
@@ -258,10 +264,12 @@ def direct_fusion(fusion: GuidedFusion, text, mask, image, knowledge, knowledge_
     return out
 
 
-@pytest.mark.parametrize("guided", [True, False])
-def test_fusion_matches_the_equations(guided):
+@pytest.mark.parametrize("intention, emotion", [(True, True), (True, False), (False, True), (False, False)])
+def test_fusion_matches_the_equations(intention, emotion):
+    """Guided by the relations and E_t, by one of them, or neither (plain cross-attention)."""
     torch.manual_seed(4)
-    fusion = GuidedFusion(8, heads=2, mlp_ratio=2.0, drop_path=0.5, guided=guided, num_emotions=3)
+    fusion = GuidedFusion(8, heads=2, mlp_ratio=2.0, drop_path=0.5, intention=intention, emotion=emotion,
+                          num_emotions=3)
     text, image = torch.randn(2, 3, 8), torch.randn(2, 3, 4, 8)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     knowledge, knowledge_mask = torch.randn(2, 2, 8), torch.tensor([[True, False], [True, True]])
@@ -294,6 +302,49 @@ def test_forward_backward_every_parameter_gets_a_gradient(model, k):
     assert missing == []
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
     model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("removed", ["emotion", "intention", "both"])
+def test_a_zero_weight_removes_its_module(model, removed):
+    """Figure 5: "performance drops when either weight is set to 0 (i.e., the corresponding
+    module is removed)". Every weight of the group 0: nothing of it is built or computed."""
+    weights = {"emotion": {"w_e": 0.0}, "intention": {"w_i": 0.0}, "both": {"w_e": 0.0, "w_i": 0.0}}[removed]
+    m = tiny(**weights)
+    m.load_state_dict(model.state_dict(), strict=False)
+    names = {n for n, _ in m.named_parameters()}
+    emotion_parts = ("text_emotion_head.", "vision_emotion_head.", "emotion_embed.", "eiks.", "fusion.emotion_in.",
+                     "samm.alpha_logit")
+    intention_parts = ("intention_head.", "eiks.", "samm.alpha_logit")
+    gone = {"emotion": emotion_parts, "intention": intention_parts, "both": emotion_parts + intention_parts}[removed]
+    assert not [n for n in names if n.startswith(gone)]
+    m.eval()
+    batch = make_batch()
+    with torch.no_grad():
+        s = m.run(batch)
+    emotion_terms = {"emo", "text_emo", "intra_emo_text", "intra_emo_vision"}
+    intention_terms = {"int", "intra_int_text", "intra_int_vision"}
+    absent = {"emotion": emotion_terms, "intention": intention_terms, "both": emotion_terms | intention_terms}[removed]
+    assert not absent & set(s.losses) and {"i2t", "t2i", "itm", "intra_con_text"} <= set(s.losses)
+    if removed == "emotion":  # no EIKS: every relation kept; SAMM on the intention alone
+        assert s.text_emotion is None and bool(s.kept.all())
+        torch.testing.assert_close(s.intention, s.relations.mean(1))
+        beta = torch.sigmoid(m.samm.beta_logit[0])
+        s_int = 0.5 * (1 + F.cosine_similarity(s.intention.unsqueeze(1), s.image_intention, dim=-1))
+        torch.testing.assert_close(s.p_final, beta * s.p_vl + (1 - beta) * s_int)
+    elif removed == "intention":  # the COMET relations are not even encoded
+        assert s.relations is None and s.intention is None and s.image_intention is None
+        no_knowledge = {k: v for k, v in batch.items() if not k.startswith("knowledge_")}
+        with torch.no_grad():
+            torch.testing.assert_close(m.run(no_knowledge).p_final, s.p_final)
+        beta = torch.sigmoid(m.samm.beta_logit[0])
+        s_emo = 0.5 * (1 + F.cosine_similarity(s.text_emotion.unsqueeze(1), s.image_emotion, dim=-1))
+        torch.testing.assert_close(s.p_final, beta * s.p_vl + (1 - beta) * s_emo)
+    else:
+        assert not hasattr(m, "samm") and not m.fusion.guided
+        torch.testing.assert_close(s.p_final, s.p_vl)
+    m.train()
+    m.total_loss(m.run(batch).losses).backward()
+    assert [n for n, p in m.named_parameters() if p.grad is None] == []
 
 
 def test_all_parts_off_builds_only_what_is_used():

