@@ -113,6 +113,8 @@ class TrainConfig(_Section):
     lr: float = Field(default=5e-5, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     optimizer: Literal["adamw", "adam", "adafactor"] = "adamw"
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="Adam(W)'s beta1")
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="Adam(W)'s beta2 (MDSE's code: 0.98)")
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     seed: int = 42

@@ -204,6 +204,17 @@ def test_build_optimizer_kinds(name):
     assert not torch.equal(before, model.weight)
 
 
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_betas_from_the_config(name):
+    cfg = _cfg(f"train.optimizer={name}", "train.adam_beta2=0.98")
+    opt = build_optimizer(param_groups(nn.Linear(4, 2), cfg), cfg)
+    assert all(g["betas"] == (0.9, 0.98) for g in opt.param_groups)
+    assert (load_config("mdse").train.adam_beta1, load_config("mdse").train.adam_beta2) == (0.9, 0.98)  # MDSE's code
+    assert load_config("eigml").train.adam_beta2 == 0.999  # torch's default elsewhere
+    with pytest.raises(Exception, match="train.adam_beta2"):
+        _cfg("train.adam_beta2=1.0")
+
+
 def test_build_optimizer_with_nothing_to_train():
     with pytest.raises(ValueError, match="nothing to train"):
         build_optimizer([], _cfg())

@@ -133,14 +133,15 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: ExperimentConfig, on_gpu:
     is DeepSpeed's vectorised CPU Adam, which steps the states kept in CPU memory."""
     if not groups:
         raise ValueError("nothing to train: every tower is frozen and the model has no other parameters")
+    betas = (cfg.train.adam_beta1, cfg.train.adam_beta2)
     if on_gpu and cfg.deepspeed.offload_optimizer and cfg.train.optimizer in ("adam", "adamw"):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(groups, lr=cfg.train.lr, adamw_mode=cfg.train.optimizer == "adamw")
+        return DeepSpeedCPUAdam(groups, lr=cfg.train.lr, betas=betas, adamw_mode=cfg.train.optimizer == "adamw")
     if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.train.lr)
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=betas)
     if cfg.train.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.train.lr)
+        return torch.optim.Adam(groups, lr=cfg.train.lr, betas=betas)
     from transformers.optimization import Adafactor
 
     return Adafactor(groups, lr=cfg.train.lr, scale_parameter=False, relative_step=False, warmup_init=False)
