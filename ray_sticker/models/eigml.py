@@ -55,12 +55,17 @@ Choices where the paper is silent (alternatives in brackets):
   once per dialogue. Without IEGA (``use_iega: false``) the fallback is the same block with
   plain cross-attention, ``softmax(Q_T K_V^T/√d) V_V``: the paper's "Base" semantic fusion,
   so the ablation removes exactly the emotion-intention guidance.
-- Intra views: independent dropout (``intra_dropout``) on the pooled features, not a second
-  encoder pass (the paper's 2.053 T per batch of 16 is about one pass per input); emotion heads
-  ``f_emo`` (images) and ``f'_emo`` (text), the intention head ``f_int`` shared by both
-  modalities (so the two towers must have the same width, as in the paper); the contrastive
-  features are the modality's 256-d projection; images: all ``B·K`` candidates; the
-  two-view InfoNCE uses ``intra_temperature`` (0.1, PBR's SimCLR temperature).
+- Intra views (Eq. 8-10, "independent dropout and separate projection heads", after SimCSE):
+  the dialogue's second view is a second pass through the text encoder under its own dropout
+  (BERT's); the ViT has none, so an image's two views are two dropouts (``intra_dropout``) of
+  its pooled features [a second ViT pass would give the same features twice]; images: all
+  ``B·K`` candidates. Each view goes through its own projection head (width to width), then the
+  emotion heads ``f_emo`` (images) and ``f'_emo`` (text) and the intention head ``f_int``, shared
+  by both modalities (so the two towers must have the same width, as in the paper); the
+  two-view InfoNCE is on the projected views with ``intra_temperature`` (0.1, PBR's SimCLR
+  temperature). The four heads add 2.36 M parameters at full size (200.19 M in all, the paper
+  counts 196.64 M) [256-d heads for the contrastive features only, the emotion and intention
+  heads on the unprojected views: 0.79 M].
 - ``α`` and ``β`` are sigmoids of learnable scalars (init 0.5) so ``p_final`` stays a
   probability for the BCE.
 - Without EIKS (``use_eiks: false``) all relations are kept and ``I'_t = I_t``; ``L'_emo``
@@ -342,6 +347,9 @@ class EIGML(nn.Module):
         if self.use_samm and (self.emotion or self.intention):
             self.samm = SimilarityAdjustedMatching(self.emotion, self.intention)
         self.view_dropout = nn.Dropout(float(cfg.get("intra_dropout", 0.1)))
+        if self.use_intra:  # Eq. 8-10: a projection head per view and modality
+            self.view_heads = nn.ModuleDict({m: nn.ModuleList([nn.Linear(width, width), nn.Linear(width, width)])
+                                             for m in ("text", "vision")})
 
     # ------------------------------------------------------------------------ forward
 
@@ -392,12 +400,14 @@ class EIGML(nn.Module):
             s.losses["int"] = (info_nce(s.image_intention[rows, target], s.intention, temp)
                                + candidate_info_nce(s.intention, s.image_intention, target, temp))
         if self.use_intra:
-            s.text_views = torch.stack([self.view_dropout(text_cls), self.view_dropout(text_cls)])
+            # SimCSE: the dialogue through the text encoder a second time, under its own dropout;
+            # the ViT has no dropout, so its views are two dropouts of its pooled features.
+            second = self.text(batch["input_ids"], batch["attention_mask"])[1]
+            s.text_views = torch.stack([text_cls, second])
             image_flat = image_cls.flatten(0, 1)
             s.image_views = torch.stack([self.view_dropout(image_flat), self.view_dropout(image_flat)])
-            self._intra("text", s.text_views, getattr(self, "text_emotion_head", None), self.text_proj, s.losses)
-            self._intra("vision", s.image_views, getattr(self, "vision_emotion_head", None), self.vision_proj,
-                        s.losses)
+            self._intra("text", s.text_views, getattr(self, "text_emotion_head", None), s.losses)
+            self._intra("vision", s.image_views, getattr(self, "vision_emotion_head", None), s.losses)
 
         z = self.fusion(text_tokens, batch["attention_mask"], image_tokens, s.refined, s.kept, s.text_emotion)
         s.p_vl = torch.sigmoid(self.itm_head(z).float().squeeze(-1))
@@ -436,18 +446,20 @@ class EIGML(nn.Module):
             s.refined, s.kept = s.relations, torch.ones(b, r, dtype=torch.bool, device=ids.device)
         s.intention = masked_mean(s.refined, s.kept)  # I'_t
 
-    def _intra(self, modality: str, views: torch.Tensor, emotion_head: nn.Module | None, proj: nn.Module,
+    def _intra(self, modality: str, views: torch.Tensor, emotion_head: nn.Module | None,
                losses: dict[str, torch.Tensor]) -> None:
-        """Eq. 8-9 for one modality's two views ``(2, N, D)`` (the emotion and intention
-        consistency only where that module is on)."""
+        """Eq. 8-9 for one modality's two views ``(2, N, D)``, each through its own projection
+        head, then the shared emotion and intention heads (where that module is on)."""
+        first, second = self.view_heads[modality]
+        projected = torch.stack([first(views[0]), second(views[1])])
         if self._weighted(f"intra_emo_{modality}"):
-            emo = emotion_head(views)
+            emo = emotion_head(projected)
             losses[f"intra_emo_{modality}"] = symmetric_kl(emo[0], emo[1])  # Eq. 8, * = emo
         if self._weighted(f"intra_int_{modality}"):
-            inten = self.intention_head(views)
+            inten = self.intention_head(projected)
             losses[f"intra_int_{modality}"] = symmetric_kl(inten[0], inten[1])  # Eq. 8, * = int
-        embed = proj(views)
-        losses[f"intra_con_{modality}"] = symmetric_info_nce(embed[0], embed[1], self.intra_temperature)  # Eq. 9
+        losses[f"intra_con_{modality}"] = symmetric_info_nce(projected[0], projected[1],
+                                                             self.intra_temperature)  # Eq. 9
 
 
 def _loss_weights(cfg: dict[str, Any]) -> dict[str, float]:
