@@ -139,11 +139,12 @@ def test_every_loss_term_matches_a_direct_computation(model):
     text_emo = nce([s.text_emotion_logits[i].double().tolist() for i in labelled], [labels[i] for i in labelled])
     assert got["text_emo"] == pytest.approx(text_emo, abs=1e-5)  # L'_emo, unlabelled rows skipped
 
-    # E_t: the identity-initialised E_emo row of the label; f'_emo's softmax where there is none.
+    # E_t: E_emo's row of the label (log of a 0.1-smoothed one-hot at initialisation); where
+    # there is none, f'_emo's softmax times E_emo.
+    table = torch.log(0.9 * torch.eye(C) + 0.1 / C)
     for i in range(B):
-        want = (F.one_hot(torch.tensor(labels[i]), C).float() if labels[i] >= 0
-                else torch.softmax(s.text_emotion_logits[i], -1))
-        torch.testing.assert_close(s.text_emotion[i], want, atol=1e-6, rtol=0)
+        want = table[labels[i]] if labels[i] >= 0 else torch.softmax(s.text_emotion_logits[i], -1) @ table
+        torch.testing.assert_close(s.text_emotion[i], want, atol=1e-5, rtol=0)
     emo = sum(kl(s.image_emotion[i, target[i]], s.text_emotion[i]) for i in labelled) / len(labelled)
     assert got["emo"] == pytest.approx(emo, abs=1e-5)  # Eq. 5
 
@@ -184,6 +185,21 @@ def test_every_loss_term_matches_a_direct_computation(model):
     weighted = {"emo", "int", "text_emo", "intra_emo_text", "intra_int_text", "intra_emo_vision", "intra_int_vision"}
     total = sum((0.5 if name in weighted else 1.0) * value for name, value in got.items())  # Eq. 20
     assert model.total_loss(s.losses).item() == pytest.approx(total, abs=1e-4)
+
+
+def test_the_emotion_target_is_peaked_and_trains_only_the_image_side():
+    """Eq. 4-5: softmax(E_t) starts at 0.914 on the dialogue's emotion (an identity E_emo gave
+    0.31, close to uniform), and L_emo moves f_emo towards it, never the target itself."""
+    m = tiny()
+    m.train()
+    s = m.run(make_batch(emotion=[2, 3, 0, 6]))
+    peak = torch.softmax(s.text_emotion, -1).max(-1)
+    assert peak.indices.tolist() == [2, 3, 0, 6] and bool((peak.values > 0.9).all())
+    s.losses["emo"].backward()
+    assert m.emotion_embed.weight.grad is None or not bool(m.emotion_embed.weight.grad.any())
+    assert bool(m.vision_emotion_head.weight.grad.any())
+    with pytest.raises(ValueError, match="emotion_smoothing must be in"):
+        tiny(emotion_smoothing=0.0)
 
 
 def test_rows_without_emotion_skip_the_emotion_terms(model):

@@ -43,9 +43,14 @@ Choices where the paper is silent (alternatives in brackets):
 - ``e_t`` is the dialogue's cnsenti label ``label_emotion``; a row without one (-1) skips
   ``L_emo`` and ``L'_emo``, and its ``E_t`` is the softmax of ``f'_emo(F_t^cls)`` times
   ``E_emo`` (its Eq. 11 target is that softmax) [a literal argmax of an all-zero count
-  would always pick the first emotion]. ``E_emo`` is ``C x C`` (``C`` = 7), initialised to
-  the identity, so ``softmax(E_t)`` is comparable with ``softmax(E_v)``; IEGA lifts it to the
-  text width with a linear layer. ``L'_emo`` uses the label, not cnsenti's distribution.
+  would always pick the first emotion]. ``L'_emo`` uses the label, not cnsenti's distribution.
+- ``E_emo`` (Eq. 4) is a learnable ``C x C`` table (``C`` = 7) whose rows start as the log of
+  label-smoothed one-hot distributions (``emotion_smoothing`` 0.1: ``softmax(E_t)`` puts 0.914
+  on the dialogue's emotion) [an identity start peaks at 0.31, a target close to uniform];
+  IEGA lifts ``E_t`` to the text width with a linear layer and SAMM compares it with ``E_v``.
+  Eq. 5 is read in the paper's order, ``KL(softmax(E_v^pos) || softmax(E_t))``, with
+  ``E_t``'s gradient stopped: the dialogue's emotion is the target the image emotion head
+  ``f_emo`` learns to predict [without the stop, both sides can drift towards uniform].
 - EIKS: ``δ = MLP(mean of the kept relations)`` (REFERENCE's faithful reading of the
   "nonlinear regression" [a gradient step of ``L'_emo`` on the knowledge]); ``δ`` is added to
   every relation, and the dropped relation is masked out of ``I'_t`` and of IEGA.
@@ -335,8 +340,12 @@ class EIGML(nn.Module):
             self.intention_head = nn.Linear(width, width)  # f_int
         if self.uses_emotion_embed:
             self.emotion_embed = nn.Embedding(self.num_emotions, self.num_emotions)  # E_emo
-            with torch.no_grad():
-                self.emotion_embed.weight.copy_(torch.eye(self.num_emotions))
+            smoothing = float(cfg.get("emotion_smoothing", 0.1))
+            if not 0.0 < smoothing < 1.0:
+                raise ValueError(f"eigml: emotion_smoothing must be in (0, 1), got {smoothing}")
+            with torch.no_grad():  # rows: log of label-smoothed one-hot distributions
+                eye = torch.eye(self.num_emotions)
+                self.emotion_embed.weight.copy_(torch.log((1.0 - smoothing) * eye + smoothing / self.num_emotions))
         self.selects_knowledge = self.use_eiks and self.uses_relations and self.emotion  # emotion-guided
         if self.selects_knowledge:
             self.eiks = KnowledgeSelection(width)
@@ -394,7 +403,8 @@ class EIGML(nn.Module):
             self._knowledge(batch, s)
         if self.use_inter and self._weighted("emo"):
             pos_emotion = s.image_emotion[rows, target]
-            s.losses["emo"] = (kl_div(pos_emotion[labelled], s.text_emotion[labelled]) if bool(labelled.any())
+            wanted = s.text_emotion.detach()  # the dialogue's emotion is the target: only f_emo moves
+            s.losses["emo"] = (kl_div(pos_emotion[labelled], wanted[labelled]) if bool(labelled.any())
                                else _zero(pos_emotion))  # Eq. 5
         if self.use_inter and self._weighted("int"):
             s.losses["int"] = (info_nce(s.image_intention[rows, target], s.intention, temp)
