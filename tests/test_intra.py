@@ -217,13 +217,37 @@ def test_use_knowledge_switch_appends_the_comet_columns():
 # ---------------------------------------------------------------------------- build, dtype, gradients
 
 
+def test_the_predicted_intent_is_encoded_from_its_text_where_the_dataset_gives_one():
+    """StickerInt's intent_label.txt gives each intention a text: H^Y encodes it, not the name."""
+    texts = ["thanks a lot", "so sorry", "what is it", "please help me"]
+    with_texts = build(label_texts={"intent": texts})
+    tok = load_tokenizer("builtin:tiny")(texts, padding=True, return_tensors="pt")
+    assert torch.equal(with_texts.label_input_ids, tok["input_ids"])
+    assert not torch.equal(build().label_input_ids[:, :2], with_texts.label_input_ids[:, :2])  # names otherwise
+    with pytest.raises(ValueError, match="3 intent label texts for 4 classes"):
+        build(label_texts={"intent": texts[:3]})
+
+
+def test_a_manifests_label_texts_reach_the_model_config():
+    from ray_sticker.config import ConfigError
+    from ray_sticker.data.schema import Manifest
+    from ray_sticker.train.inputs import label_texts
+
+    maps = {"intent": ["a", "b"], "emotion": ["x"]}
+    manifest = Manifest(name="m", task="select", label_maps=maps, splits={}, extra={"intent_texts": ["A a", "B b"]})
+    assert label_texts(manifest) == {"intent": ["A a", "B b"]}
+    assert label_texts(Manifest(name="m", task="select", label_maps=maps, splits={})) == {}
+    with pytest.raises(ConfigError, match="extra.intent_texts must be 2 strings"):
+        label_texts(Manifest(name="m", task="select", label_maps=maps, splits={}, extra={"intent_texts": ["A"]}))
+
+
 def test_label_names_are_needed_to_run_not_to_build():
     torch.manual_seed(0)
     model = build_model("intra-tiny")
     assert sum(p.numel() for p in model.parameters()) > 0
     with pytest.raises(ValueError, match="intent label names"):
         model(make_batch())
-    with pytest.raises(ValueError, match="3 intent label names for 4 classes"):
+    with pytest.raises(ValueError, match="3 intent label texts for 4 classes"):
         build_model("intra-tiny", {"label_names": {"intent": LABELS[:3]}})
     assert "label_input_ids" not in build().state_dict()  # rebuilt from the config, not saved
 

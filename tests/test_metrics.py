@@ -189,3 +189,21 @@ def test_joint_heads_get_a_mean_over_heads():
     assert metrics["mean_weighted_f1"] == pytest.approx(expected_f1)
     single, _ = compute_metrics({k: v for k, v in full.items() if "intent" not in k}, {"sentiment": 3})
     assert "mean_accuracy" not in single
+
+
+def test_pool_relevance_follows_the_intention_annotated_for_the_pair():
+    """Int-RA: the query's intention is its (conversation, sticker) pair's annotation, which
+    may differ from the gold sticker's majority intention; the gold sticker is relevant."""
+    import torch
+
+    from ray_sticker.train.evaluation import Evaluation
+
+    acc = Evaluation({}, select=True, pool_relevance=np.array([0, 0, 1, 1, 2]))
+    batch = {"target": torch.tensor([0]), "candidate_idx": torch.tensor([[3, 0]]), "label_intent": torch.tensor([0])}
+    acc.add_pool(batch, torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.0]]))  # ranks: 0, 2, 3, 1, 4
+    stats = acc.query_stats[0]
+    assert stats["hit@1"][0] == 1  # sticker 0 has the annotated intention 0
+    assert stats["ap"][0] == pytest.approx((1 / 1 + 2 / 3 + 3 / 4) / 3)  # relevant: 0, 1 and the gold 3
+    without = {k: v for k, v in batch.items() if k != "label_intent"}  # no annotation: the gold sticker's
+    acc.add_pool(without, torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.0]]))
+    assert acc.query_stats[1]["hit@1"][0] == 0 and acc.query_stats[1]["ap"][0] == pytest.approx((1 / 2 + 2 / 3) / 2)

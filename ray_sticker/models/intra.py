@@ -8,9 +8,11 @@ query (knowledge-enhanced intention predictor, §4.1)
     ``H^T`` = pooled M-BERT output of the context ⊕ its COMET inferences (Eq. 1-3; the five
     relations arrive as columns, appended when ``use_knowledge``); intention distribution
     ``ρ = softmax(W H^T + b)`` (Eq. 4) trained with ``L_int`` = cross-entropy (Eq. 6);
-    ``H^Y`` = M-BERT of the text of the predicted label ``argmax ρ`` (Eq. 5). The intent
-    label names are tokenized once at build time and encoded by the same M-BERT on every
-    call, so ``L_ret`` trains the text tower through them too.
+    ``H^Y`` = M-BERT of the text of the predicted label ``argmax ρ`` (Eq. 5): the text
+    ``intent_label.txt`` gives each intention (the manifest's ``extra.intent_texts``, passed
+    as ``label_texts``), the label name where a dataset has no texts. The texts are
+    tokenized once at build time and encoded by the same M-BERT on every call, so ``L_ret``
+    trains the text tower through them too.
 sticker (attribute-aware sticker representation, §4.2)
     ``H^A_j`` = pooled M-BERT output of the MLLM's description j ∈ {gesture, posture,
     facial expression, verbal} (Eq. 8; the descriptions are precomputed columns);
@@ -150,13 +152,14 @@ class IntRA(nn.Module):
             self.f_txt = nn.Linear(self.text.width, dim)  # q = f_txt(H^T)
 
     def _label_buffers(self, cfg: dict[str, Any], classes: int) -> None:
-        """Tokenize the intent label names once; absent names leave the model buildable
-        (parameter counts) but not runnable."""
-        names = cfg.get("label_names", {}).get(INTENT)
+        """Tokenize the intent labels' texts once: ``label_texts`` (the dataset's, e.g.
+        StickerInt's ``intent_label.txt``), else the label names; absent both, the model is
+        buildable (parameter counts) but not runnable."""
+        names = (cfg.get("label_texts") or {}).get(INTENT) or cfg.get("label_names", {}).get(INTENT)
         if names is None:
             return
         if len(names) != classes:
-            raise ValueError(f"int-ra: {len(names)} intent label names for {classes} classes: {names}")
+            raise ValueError(f"int-ra: {len(names)} intent label texts for {classes} classes: {names}")
         tokenizer = encoders.load_tokenizer(encoders.tokenizer_name(cfg["text"]))
         tok = tokenizer(list(names), padding=True, truncation=True,
                         max_length=int(cfg.get("label_max_length", 16)), return_tensors="pt")

@@ -6,8 +6,9 @@ split), with the same skip accounting and thresholds; then metrics and plots.
   (rows with label -1 are left out of that head);
 - selection among candidates: MAP (mean 1/rank of the positive) and R{K}@1/2/5;
 - selection over the whole sticker pool (two-tower models, ``data.eval_candidates: pool``):
-  P@1/3/5 (a sticker with the gold sticker's intention in the top N), precision@N, mAP with
-  intention relevance, and the interpolated PR curve.
+  P@1/3/5 (a relevant sticker in the top N), precision@N, mAP and the interpolated PR curve,
+  relevant meaning: the gold sticker, or a sticker of the intention annotated for the
+  query's (conversation, sticker) pair (a sticker's own intention is its majority one).
 """
 
 from __future__ import annotations
@@ -150,12 +151,18 @@ class Evaluation:
             self.targets.append(batch["target"].cpu().numpy())
 
     def add_pool(self, batch: dict[str, torch.Tensor], scores: torch.Tensor) -> None:
-        """Scores of the queries against the whole pool (B, N)."""
+        """Scores of the queries against the whole pool (B, N). A query's intention is the one
+        annotated for its (conversation, sticker) pair (``label_intent``), else its gold
+        sticker's; relevant are the gold sticker and every pool sticker of that intention."""
         target = batch["target"]
         gold = batch["candidate_idx"].gather(1, target.unsqueeze(1)).squeeze(1).cpu().numpy()
         rel = self.pool_relevance
-        relevant = rel[None, :] == rel[gold][:, None]
-        relevant &= (rel[gold] >= 0)[:, None]
+        query = rel[gold]
+        if "label_intent" in batch:
+            annotated = batch["label_intent"].cpu().numpy()
+            query = np.where(annotated >= 0, annotated, query)
+        relevant = (rel[None, :] == query[:, None]) & (query >= 0)[:, None]
+        relevant[np.arange(len(gold)), gold] = True
         self.query_stats.append(M.retrieval_query_stats(scores.cpu().numpy(), relevant))
 
     def local_arrays(self) -> dict[str, np.ndarray]:

@@ -140,6 +140,21 @@ def label_specs(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: sche
     return tuple(specs.items())
 
 
+def label_texts(manifest: schema.Manifest) -> dict[str, list[str]]:
+    """A label's texts where the dataset gives them beside its names (``extra.<label>_texts``,
+    in label-map order; e.g. StickerInt's ``intent_label.txt``), which models may encode."""
+    out = {}
+    for label, names in manifest.label_maps.items():
+        texts = manifest.extra.get(f"{label}_texts")
+        if texts is None:
+            continue
+        if not isinstance(texts, list) or len(texts) != len(names) or not all(isinstance(t, str) for t in texts):
+            raise ConfigError(f"manifest of {manifest.name}: extra.{label}_texts must be {len(names)} strings, "
+                              f"one per {label} label")
+        out[label] = list(texts)
+    return out
+
+
 def num_candidates(cfg: ExperimentConfig, manifest: schema.Manifest) -> int:
     return int(cfg.data.num_candidates or manifest.extra.get("num_candidates") or 10)
 
@@ -230,6 +245,9 @@ def check_inputs(cfg: ExperimentConfig, model_config: dict[str, Any] | None = No
     if manifest.task != cfg.task:
         raise ConfigError(f"dataset {cfg.data.uri} is for task '{manifest.task}', the config for '{cfg.task}'")
     model_cfg["label_names"] = {k: list(v) for k, v in manifest.label_maps.items()}
+    texts = label_texts(manifest)
+    if texts:
+        model_cfg["label_texts"] = texts
     pool = pool_spec(cfg, model_cfg) if cfg.task == "select" else None
     sticker_ids = _check_pool(cfg, manifest, pool) if pool is not None else ()
     spec = preprocess_spec(cfg, model_cfg, manifest, sticker_ids)
