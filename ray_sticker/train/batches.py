@@ -66,9 +66,10 @@ def prepare_train_batch(batch: dict[str, torch.Tensor], pool: dict[str, torch.Te
         batch = attach_candidates(batch, pool, redraw)
     if cfg.data.augment:
         for key in ("pixel_values", "candidate_pixel_values"):
-            if key in batch:
+            if key in batch:  # candidates (B, K, 3, H, W): each sticker cropped on its own
                 pixels = batch[key]
-                batch[key] = random_resized_crop_flip(pixels.reshape(-1, *pixels.shape[-3:]), generator).reshape(pixels.shape)
+                flat = random_resized_crop_flip(pixels.reshape(-1, *pixels.shape[-3:]), generator)
+                batch[key] = flat.reshape(pixels.shape)
     return batch
 
 
