@@ -242,6 +242,15 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from ray_sticker.models.weights import convert_albef
+
+    out = convert_albef(args.src, args.out, args.image_size)
+    print(f"wrote {out}: ALBEF's ViT-B/16 at {args.image_size} px as an open_clip tower; train EIGML with "
+          f"model.overrides.vision.pretrained={out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ray_sticker.bench import run_bench
 
@@ -414,6 +423,18 @@ def _bench_parser(sub) -> None:
     b.set_defaults(fn=cmd_bench)
 
 
+def _weights_parser(sub) -> None:
+    w = sub.add_parser("weights", help="turn a downloaded checkpoint into a tower's weights (albef: EIGML's ViT)",
+                       description="Convert the vision encoder of ALBEF's checkpoint (ALBEF.pth, local or s3://) "
+                                   "into the open_clip tower EIGML's config declares, positions resized to "
+                                   "--image-size as ALBEF does; the file is what vision.pretrained takes.")
+    w.add_argument("format", choices=["albef"])
+    w.add_argument("--src", required=True, help="ALBEF.pth (local path or s3:// URI)")
+    w.add_argument("--out", required=True, help="output file (local path or s3:// URI), e.g. .../albef-vit-b16-128.pt")
+    w.add_argument("--image-size", type=int, default=128, help="the tower's input size (EIGML: 128)")
+    w.set_defaults(fn=cmd_weights)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-sticker", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -430,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     _models_parser(sub)
     _configs_parser(sub)
     _bench_parser(sub)
+    _weights_parser(sub)
     return p
 
 

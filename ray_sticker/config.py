@@ -93,6 +93,10 @@ class ModelConfig(_Section):
     )
     freeze_text: bool = False
     freeze_vision: bool = False
+    allow_random_init: bool = Field(
+        default=False, description="train a paper-size model (not '-tiny') whose towers have no pretrained weights; "
+                                   "refused otherwise, naming the tower"
+    )
     text_lr: float | None = Field(default=None, gt=0, description="learning rate of the text tower")
     vision_lr: float | None = Field(default=None, gt=0, description="learning rate of the vision tower")
 

@@ -114,3 +114,22 @@ def test_a_dataset_on_s3_is_checked_alike(s3_env, s3_bucket, capsys):
     rc, out = _check(capsys, uri, "--config", "m2sa-tiny")
     assert rc == 0 and out.rstrip().endswith(f"{uri}: clean"), out
     assert _rows(out, "m2sa-tiny")["validation"][2:4] == ["10", "0"], out
+
+
+def test_a_paper_size_model_does_not_train_from_random_towers_unless_asked(tmp_path):
+    """A paper-size config whose tower has no weights is refused before Ray starts, naming the
+    tower and how to get weights; ``model.allow_random_init`` (or a -tiny config) allows it."""
+    from ray_sticker.config import ConfigError, load_config
+    from ray_sticker.models.registry import get_model_config
+    from ray_sticker.train.inputs import check_pretrained
+
+    cfg = load_config("eigml", ["model.overrides.vision.pretrained=null"])
+    model_cfg = get_model_config("eigml", cfg.model.overrides)
+    with pytest.raises(ConfigError, match=r"model 'eigml': its vision tower would train from random weights "
+                                          r"\(vision.pretrained: None\); give it weights \(ALBEF's ViT: "
+                                          r"`ray-sticker weights albef"):
+        check_pretrained(cfg, model_cfg)
+    check_pretrained(load_config("eigml", ["model.overrides.vision.pretrained=null", "model.allow_random_init=true"]),
+                     model_cfg)
+    check_pretrained(load_config("eigml"), get_model_config("eigml", load_config("eigml").model.overrides))
+    check_pretrained(load_config("eigml-tiny"), get_model_config("eigml-tiny"))  # test size: random by design

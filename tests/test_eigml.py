@@ -450,10 +450,16 @@ def test_albef_vision_weights_reproduce_albefs_vit(tmp_path):
     with torch.no_grad():
         for p in vit.parameters():
             p.add_(0.05 * torch.randn_like(p))  # nonzero biases, positions and class token
-    checkpoint = {"model": {f"visual_encoder.{k}": v for k, v in vit.state_dict().items()}}
+    checkpoint = {"model": {f"visual_encoder.{k}": v for k, v in vit.state_dict().items()},
+                  "config": {"image_res": 256}, "epoch": 29}
     vision_cfg = dict(get_model_config("eigml")["vision"]["vision_cfg"], image_size=32, patch_size=8, width=32,
                       layers=2, head_width=16, mlp_ratio=2.0)
-    torch.save(albef_vision_weights(checkpoint, 32), tmp_path / "vit.pt")
+    # As a user turns the downloaded ALBEF.pth into the tower's weights:
+    from ray_sticker.cli import main as cli_main
+
+    torch.save(checkpoint, tmp_path / "ALBEF.pth")
+    assert cli_main(["-q", "weights", "albef", "--src", str(tmp_path / "ALBEF.pth"), "--out", str(tmp_path / "vit.pt"),
+                     "--image-size", "32"]) == 0
     tower = VisionTower({"vision_cfg": vision_cfg, "pretrained": str(tmp_path / "vit.pt")}).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -41,7 +41,8 @@ def test_eigml_figure5_points():
     assert spec.metric == "val_map" and spec.mode == "max"
     values = spec.trial_values({POINT_KEY: 0})
     cfg = load_config("eigml", [f"{k}={v}" for k, v in values.items()])
-    assert cfg.model.overrides == {"w_e": 0.0, "w_i": 0.5}
+    assert {k: cfg.model.overrides[k] for k in ("w_e", "w_i")} == {"w_e": 0.0, "w_i": 0.5}
+    assert cfg.model.overrides["vision.pretrained"].endswith("albef-vit-b16-128.pt")  # the config's own stays
 
 
 def test_asha_sweeps_search_loss_weights_and_fusion():

@@ -42,7 +42,7 @@ def random_init_overrides(model_name: str) -> list[str]:
     from ray_sticker.models.registry import get_model_config
 
     model_cfg = get_model_config(model_name)
-    out = []
+    out = ["model.allow_random_init=true"]
     if isinstance(model_cfg.get("text"), dict):
         out += ["model.overrides.text.pretrained=false", "model.overrides.text.tokenizer=builtin:tiny"]
     if isinstance(model_cfg.get("vision"), dict):

@@ -140,6 +140,24 @@ def label_specs(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: sche
     return tuple(specs.items())
 
 
+# What a tower's missing weights come from, where they need a command of this library.
+_WEIGHTS_HINT = {"eigml": {"vision": "ALBEF's ViT: `ray-sticker weights albef --src ALBEF.pth --out URI`, then "}}
+
+
+def check_pretrained(cfg: ExperimentConfig, model_cfg: dict[str, Any]) -> None:
+    """A paper-size model (any but the ``-tiny`` test configs) trains from pretrained towers:
+    one that would start from random weights is refused unless ``model.allow_random_init``."""
+    if cfg.model.allow_random_init or cfg.model.name.endswith("-tiny"):
+        return
+    for tower, spec in model_cfg.items():
+        if isinstance(spec, dict) and "pretrained" in spec and not spec["pretrained"]:
+            hint = _WEIGHTS_HINT.get(model_cfg.get("arch", ""), {}).get(tower, "")
+            raise ConfigError(
+                f"model '{cfg.model.name}': its {tower} tower would train from random weights "
+                f"({tower}.pretrained: {spec['pretrained']}); give it weights ({hint}"
+                f"model.overrides.{tower}.pretrained=...) or set model.allow_random_init=true")
+
+
 def label_texts(manifest: schema.Manifest) -> dict[str, list[str]]:
     """A label's texts where the dataset gives them beside its names (``extra.<label>_texts``,
     in label-map order; e.g. StickerInt's ``intent_label.txt``), which models may encode."""
@@ -254,4 +272,5 @@ def check_inputs(cfg: ExperimentConfig, model_config: dict[str, Any] | None = No
     _check_splits(cfg, manifest, spec, (split,) if split else (cfg.data.train_split, cfg.data.eval_split))
     if split is None:
         _check_training_rows(cfg, manifest)
+        check_pretrained(cfg, model_cfg)
     return RunInputs(cfg=cfg, manifest=manifest, model_config=model_cfg, spec=spec, pool=pool)
