@@ -49,6 +49,10 @@ class DataConfig(_Section):
     max_text_length: int = Field(default=128, gt=0, description="tokens, truncation beyond")
     augment: bool = Field(default=True, description="random resized crop + flip of train images, on the worker, "
                                                    "seeded by (train.seed, epoch, rank)")
+    random_erasing: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="with data.augment: probability of erasing a random rectangle of each "
+                                                 "train image (MDSE's augmentation), on the worker, seeded like the crop"
+    )
     max_corrupt_fraction: float = Field(
         default=0.01, ge=0.0, le=1.0, description="fail the run when more rows are skipped"
     )

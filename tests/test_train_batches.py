@@ -73,3 +73,24 @@ def test_training_augments_the_candidate_stickers_too_and_leaves_the_pool_alone(
     off = prepare_train_batch(dict(batch), pool, load_config("eigml-tiny", ["data.augment=false"]), 0,
                               torch.Generator().manual_seed(1))
     assert torch.equal(off["candidate_pixel_values"], plain)
+
+
+def test_random_erasing_zeroes_one_rectangle_per_chosen_image_reproducibly():
+    from ray_sticker.train.augment import random_erasing
+
+    pixels = torch.full((400, 3, 16, 16), 200, dtype=torch.uint8)
+    out = random_erasing(pixels, torch.Generator().manual_seed(0), p=0.5)
+    erased = (out == 0).flatten(1).any(1)
+    assert 0.4 < erased.float().mean().item() < 0.6  # about p of the images
+    for img in out[erased][:50]:
+        zero = (img[0] == 0).nonzero()
+        (r0, c0), (r1, c1) = zero.min(0).values.tolist(), zero.max(0).values.tolist()
+        assert bool((img[:, r0:r1 + 1, c0:c1 + 1] == 0).all())  # one solid rectangle, every channel
+        assert zero.shape[0] == (r1 - r0 + 1) * (c1 - c0 + 1)
+        assert 0.01 * 256 <= zero.shape[0] <= 0.4 * 256  # about scale (0.02, 0.33) of the area
+    assert torch.equal(out, random_erasing(pixels, torch.Generator().manual_seed(0), p=0.5))
+    assert torch.equal(random_erasing(pixels, torch.Generator().manual_seed(0), p=0.0), pixels)
+    cfg = load_config("mdse-tiny", ["data.augment=true", "data.random_erasing=1.0"])
+    batch = prepare_train_batch({"pixel_values": pixels[:8].clone()}, None, cfg, 0, torch.Generator().manual_seed(1))
+    assert bool((batch["pixel_values"] == 0).flatten(1).any(1).all())  # the training batch goes through it
+    assert load_config("mdse").data.random_erasing == 0.5

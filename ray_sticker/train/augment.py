@@ -44,3 +44,28 @@ def random_resized_crop_flip(pixels: torch.Tensor, generator: torch.Generator,
     grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
     out = F.grid_sample(pixels.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def random_erasing(pixels: torch.Tensor, generator: torch.Generator, p: float,
+                   scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Per image, with probability ``p``: a rectangle of ``scale`` of the area with aspect
+    ``ratio`` set to 0 (torchvision's ``RandomErasing`` defaults). ``pixels``: uint8 (B, C, H, W)."""
+    b, _, h, w = pixels.shape
+    device = pixels.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=generator, device=device)
+
+    erase = torch.rand(b, generator=generator, device=device) < p
+    area = uniform(*scale) * h * w
+    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1])))
+    eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
+    ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
+    top = (uniform(0.0, 1.0) * (h - eh + 1)).long().clamp(max=h - 1)
+    left = (uniform(0.0, 1.0) * (w - ew + 1)).long().clamp(max=w - 1)
+    rows = torch.arange(h, device=device)[None, :, None]
+    cols = torch.arange(w, device=device)[None, None, :]
+    box = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+           & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]))
+    mask = (box & erase[:, None, None]).unsqueeze(1)  # (B, 1, H, W)
+    return pixels.masked_fill(mask, 0)

@@ -58,8 +58,9 @@ def prepare_train_batch(batch: dict[str, torch.Tensor], pool: dict[str, torch.Te
                         cfg: ExperimentConfig, epoch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """What training adds to a usable batch: its candidates from the pool (selection; redrawn
     for the epoch where ``data.train_negatives`` says so) and, with ``data.augment``, a random
-    resized crop and flip of its images, the candidate stickers' included (train/augment.py)."""
-    from ray_sticker.train.augment import random_resized_crop_flip
+    resized crop and flip of its images, the candidate stickers' included, then random erasing
+    with probability ``data.random_erasing`` (train/augment.py)."""
+    from ray_sticker.train.augment import random_erasing, random_resized_crop_flip
 
     if pool is not None:
         redraw = (cfg.train.seed, epoch) if cfg.data.train_negatives == "per_epoch" else None
@@ -69,6 +70,8 @@ def prepare_train_batch(batch: dict[str, torch.Tensor], pool: dict[str, torch.Te
             if key in batch:  # candidates (B, K, 3, H, W): each sticker cropped on its own
                 pixels = batch[key]
                 flat = random_resized_crop_flip(pixels.reshape(-1, *pixels.shape[-3:]), generator)
+                if cfg.data.random_erasing > 0:
+                    flat = random_erasing(flat, generator, cfg.data.random_erasing)
                 batch[key] = flat.reshape(pixels.shape)
     return batch
 
