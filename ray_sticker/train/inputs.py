@@ -258,6 +258,8 @@ def check_inputs(cfg: ExperimentConfig, model_config: dict[str, Any] | None = No
     size = model_image_size(model_cfg)
     if size is not None and size != cfg.data.image_size:
         raise ConfigError(f"data.image_size={cfg.data.image_size} but model '{cfg.model.name}' takes {size} px images")
+    if split is None:
+        check_pretrained(cfg, model_cfg)
     # Evaluation reads the dataset it is given; only a training run may write the synthetic one.
     manifest = ensure_dataset(cfg) if split is None else schema.read_manifest(cfg.data.uri)
     if manifest.task != cfg.task:
@@ -272,5 +274,4 @@ def check_inputs(cfg: ExperimentConfig, model_config: dict[str, Any] | None = No
     _check_splits(cfg, manifest, spec, (split,) if split else (cfg.data.train_split, cfg.data.eval_split))
     if split is None:
         _check_training_rows(cfg, manifest)
-        check_pretrained(cfg, model_cfg)
     return RunInputs(cfg=cfg, manifest=manifest, model_config=model_cfg, spec=spec, pool=pool)
