@@ -56,6 +56,15 @@ def test_full_size_m2sa_counted_without_download_in_seconds():
     assert counts == {"total": XLMR_BASE + CLIP_B32_VISION + M2SA_HEAD}
 
 
+def test_m2sa_text_encoders_of_the_papers_comparison():
+    """M2SA compares XLM-R sentiment-multilingual, XLM-R and mBERT (uncased) with CLIP's vision
+    tower: the same head on each, the encoders' published sizes."""
+    mbert_uncased = 167_356_416  # bert-base-multilingual-uncased with its pooler
+    assert count(get_model_config("m2sa-xlmr-clip")) == {"total": XLMR_BASE + CLIP_B32_VISION + M2SA_HEAD}
+    assert count(get_model_config("m2sa-mbert-clip")) == {"total": mbert_uncased + CLIP_B32_VISION + M2SA_HEAD}
+    assert get_model_config("m2sa-mbert-clip")["text"]["hf_model_name"] == "bert-base-multilingual-uncased"
+
+
 class _Parts(nn.Module):
     """A model with a breakdown; ``item`` makes it unbuildable on the meta device."""
 
