@@ -136,6 +136,12 @@ class TrainConfig(_Section):
         default=None, description="a run with an existing name resumes from its latest checkpoint"
     )
     checkpoints_to_keep: int = Field(default=2, gt=0)
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="stop after this many epochs in a row without a better train.select_metric; "
+                                        "the export is then the best epoch's model (M2SA: 3 on val_loss)"
+    )
+    select_metric: str = Field(default="val_loss", description="the epoch metric that picks the best epoch")
+    select_mode: Literal["min", "max"] = "min"
     max_failures: int = Field(default=0, ge=-1)
     log_every_steps: int = Field(default=20, gt=0)
     export: bool = Field(default=True, description="write model.safetensors + config at the end")

@@ -163,3 +163,17 @@ def test_demo_multimodal_beats_both_unimodal_baselines(ray_cluster, capsys):
     assert set(acc) == {"m2sa-tiny", "text-only-tiny", "image-only-tiny"}, out
     assert acc["m2sa-tiny"] >= max(acc["text-only-tiny"], acc["image-only-tiny"]) + 0.10, acc
     assert np.isclose(acc["text-only-tiny"], 5 / 9, atol=0.12) and np.isclose(acc["image-only-tiny"], 5 / 9, atol=0.12)
+
+
+def test_early_stopping_exports_the_best_epochs_model(ray_cluster, tmp_path):
+    """``train.early_stopping_patience``: the run stops once that many epochs did not beat the
+    best, and its export is the best epoch's model. The epoch number as the metric (min) makes
+    epoch 0 the best whatever the run learns, so it stops after epoch 1 of 4."""
+    data = str(tmp_path / "data")
+    make_classify_dataset(data, num_rows=400, image_size=32, seed=2)
+    result = run_training(_tiny("m2sa-tiny", f"data.uri={data}", f"train.storage_path={tmp_path / 'runs'}",
+                                "train.epochs=4", "train.early_stopping_patience=1", "train.select_metric=epoch"))
+    assert [h["epoch"] for h in result.history] == [0, 1] and result.best_epoch == 0
+    exported = evaluate_export(result.export_uri, split="validation")
+    assert exported["loss"] == pytest.approx(result.history[0]["val_loss"], rel=1e-5)
+    assert exported["loss"] != pytest.approx(result.history[1]["val_loss"], rel=1e-5)  # not the last epoch's

@@ -22,6 +22,7 @@ from ray_sticker.data.pipeline import SKIP_OK
 from ray_sticker.runtime import worker_logging
 from ray_sticker.train import checkpoints as ckpt
 from ray_sticker.train import engine as ds_engine
+from ray_sticker.train import selection
 from ray_sticker.train.augment import epoch_seed
 from ray_sticker.train.batches import SkipCounter, keep_usable, prepare_train_batch, timed
 from ray_sticker.train.evaluation import evaluate, save_plots
@@ -236,7 +237,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """``config["plan"]``: the :class:`RunPlan`. Rank 0 returns ``{"history": [per-epoch
     metrics], "start_epoch": first epoch trained here}`` (epochs before it came from the
     checkpoint resumed); other ranks None."""
-    from ray_sticker.train.export import export_model
     from ray_sticker.train.tracking import Tracker
 
     worker_logging()
@@ -246,12 +246,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     cfg = worker.cfg
     if worker.rank == 0:
         worker.tracker = Tracker(plan.tracking, cfg.to_dict())
+    selecting = cfg.train.early_stopping_patience is not None
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             t_epoch = time.perf_counter()
             metrics, last_batch = train_epoch(worker, epoch)
             val, artifacts = validate(worker, last_batch)
             finish_epoch(worker, {**metrics, **val}, artifacts, t_epoch)
+            if selecting and _select(worker):
+                break
         if cfg.train.epochs == 0:  # evaluation only (e.g. a zero-shot baseline)
             t0 = time.perf_counter()
             val, artifacts = validate(worker, None)
@@ -262,10 +265,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         raise
     if worker.tracker is not None:
         worker.tracker.close()
-    if cfg.train.export and plan.export_uri:
-        export_model(worker.engine, cfg, plan.inputs.model_config, plan.export_uri, plan.inputs.label_maps,
-                     worker.rank)
+    if cfg.train.export and plan.export_uri and not (selecting and worker.history):
+        _export(worker)
     return {"history": worker.history, "start_epoch": start_epoch} if worker.rank == 0 else None
+
+
+def _export(worker: Worker) -> None:
+    from ray_sticker.train.export import export_model
+
+    plan = worker.plan
+    export_model(worker.engine, worker.cfg, plan.inputs.model_config, plan.export_uri, plan.inputs.label_maps,
+                 worker.rank)
+
+
+def _select(worker: Worker) -> bool:
+    """Early stopping after an epoch: export the model when the epoch is the best so far (so
+    the export is the best epoch's); True when the run should stop."""
+    history, train = worker.history, worker.cfg.train
+    best = selection.best_index(history, train)
+    if best == len(history) - 1 and train.export and worker.plan.export_uri:
+        _export(worker)
+    if selection.stalled(history, train):
+        worker.log0("early stopping after epoch %d: %s has not improved on epoch %d's for %d epochs",
+                    history[-1]["epoch"], train.select_metric, history[best]["epoch"], train.early_stopping_patience)
+        return True
+    return False
 
 
 def _fmt(metrics: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ class RunResult:
     export_uri: str | None
     wall_s: float = 0.0
     start_epoch: int = 0  # epochs before it were restored from the checkpoint the run resumed
+    best_epoch: int | None = None  # with train.early_stopping_patience: the epoch the export holds
 
     @property
     def final(self) -> dict[str, Any]:
@@ -123,8 +124,13 @@ def fit(inputs: RunInputs, callbacks: list | None = None) -> RunResult:
     returned = result.return_value or {}
     history = returned.get("history", [])
     write_metrics(plan.run_dir, history)
+    best = None
+    if cfg.train.early_stopping_patience is not None and history:
+        from ray_sticker.train.selection import best_index
+
+        best = history[best_index(history, cfg.train)]["epoch"]
     return RunResult(name=plan.run_name, run_dir=plan.run_dir, history=history, export_uri=plan.export_uri,
-                     wall_s=time.perf_counter() - t0, start_epoch=returned.get("start_epoch", 0))
+                     wall_s=time.perf_counter() - t0, start_epoch=returned.get("start_epoch", 0), best_epoch=best)
 
 
 def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
