@@ -2,9 +2,9 @@
 
 The train split is split equally (every worker steps the same number of times); the
 evaluation split with ``equal=False``, so that no row is dropped. A cached split is cut once
-into fixed shards; a streamed one is shared out as it streams (see :func:`data_config`). Both are preprocessed by
-``data/pipeline.py``; the evaluation split, and the train split when it is small enough,
-once, and kept in the object store for every epoch.
+into fixed shards; a streamed one is shared out as it streams (see :func:`data_config`).
+Both are preprocessed by ``data/pipeline.py``; the evaluation split, and the train split
+when it is small enough, once, and kept in the object store for every epoch.
 """
 
 from __future__ import annotations

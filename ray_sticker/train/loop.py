@@ -249,12 +249,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     selecting = cfg.train.early_stopping_patience is not None
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
+            if selecting and _stop_early(worker):  # also when a resumed run had already stopped
+                break
             t_epoch = time.perf_counter()
             metrics, last_batch = train_epoch(worker, epoch)
             val, artifacts = validate(worker, last_batch)
             finish_epoch(worker, {**metrics, **val}, artifacts, t_epoch)
-            if selecting and _select(worker):
-                break
+            if selecting and selection.best_index(worker.history, cfg.train) == len(worker.history) - 1 \
+                    and cfg.train.export and plan.export_uri:
+                _export(worker)  # the best epoch so far: the export is always the best epoch's model
         if cfg.train.epochs == 0:  # evaluation only (e.g. a zero-shot baseline)
             t0 = time.perf_counter()
             val, artifacts = validate(worker, None)
@@ -278,18 +281,15 @@ def _export(worker: Worker) -> None:
                  worker.rank)
 
 
-def _select(worker: Worker) -> bool:
-    """Early stopping after an epoch: export the model when the epoch is the best so far (so
-    the export is the best epoch's); True when the run should stop."""
+def _stop_early(worker: Worker) -> bool:
+    """Whether ``train.early_stopping_patience`` epochs in a row have not beaten the best one."""
     history, train = worker.history, worker.cfg.train
+    if not selection.stalled(history, train):
+        return False
     best = selection.best_index(history, train)
-    if best == len(history) - 1 and train.export and worker.plan.export_uri:
-        _export(worker)
-    if selection.stalled(history, train):
-        worker.log0("early stopping after epoch %d: %s has not improved on epoch %d's for %d epochs",
-                    history[-1]["epoch"], train.select_metric, history[best]["epoch"], train.early_stopping_patience)
-        return True
-    return False
+    worker.log0("early stopping after epoch %d: %s has not improved on epoch %d's for %d epochs",
+                history[-1]["epoch"], train.select_metric, history[best]["epoch"], train.early_stopping_patience)
+    return True
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
