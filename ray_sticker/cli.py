@@ -391,14 +391,16 @@ def _configs_parser(sub) -> None:
 
 
 def _bench_parser(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks: ingest (Ray Data), step (DeepSpeed step), zero (ZeRO memory)",
+    b = sub.add_parser("bench", help="benchmarks: ingest (Ray Data), step (DeepSpeed step), zero (ZeRO memory), "
+                                          "load (model construction memory)",
                        description="Measure the library beside a baseline in the same run and print ratios "
                                    "against goals: ingest = Ray Data preprocessing vs a single-process loop x "
                                    "cores and a torch DataLoader; step = a worker's DeepSpeed step (ZeRO 0/2) vs "
                                    "plain PyTorch, MFU on GPUs; zero = per-rank parameter and optimizer-state "
-                                   "bytes under ZeRO 0-3 vs the ZeRO paper. See BENCHMARKS.md.")
-    b.add_argument("what", choices=["ingest", "step", "zero"])
-    b.add_argument("--config", help="experiment config (default m2sa-tiny); data: a synthetic dataset of its task "
+                                   "bytes under ZeRO 0-3 vs the ZeRO paper; load = per-rank peak memory while a "
+                                   "model is built and initialized, ZeRO-3 vs ZeRO-0. See BENCHMARKS.md.")
+    b.add_argument("what", choices=["ingest", "step", "zero", "load"])
+    b.add_argument("--config", help="experiment config (default m2sa-tiny; load: mmsair); data: a synthetic dataset of its task "
                                     "unless an override sets data.uri")
     b.add_argument("overrides", nargs="*", metavar="section.field=value", help="dotted config overrides")
     b.add_argument("--rows", type=int, help="rows of the synthetic dataset (ingest default 8000)")
@@ -408,16 +410,16 @@ def _bench_parser(sub) -> None:
     b.add_argument("--steps", type=int, help="step: timed steps per repeat (default 40)")
     b.add_argument("--repeats", type=int, help="timed repeats, the median is reported (ingest 3, step 7)")
     b.add_argument("--warmup", type=int, help="untimed warm-up passes (ingest, 1) or steps (step, 5)")
-    b.add_argument("--workers", type=int, help="zero: ranks (default 2); ingest: cores for Ray Data and the "
+    b.add_argument("--workers", type=int, help="zero/load: ranks (default 2); ingest: cores for Ray Data and the "
                                                "DataLoader (default: all)")
-    b.add_argument("--stages", help="ZeRO stages, comma-separated (step: 0,2; zero: 0,1,2,3)")
+    b.add_argument("--stages", help="ZeRO stages, comma-separated (step: 0,2; zero: 0,1,2,3; load: 0,3)")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], help="step: where to run (default auto)")
     b.add_argument("--compile", action="store_true", default=None, help="step: add torch.compile variants")
     b.add_argument("--pipeline", action="store_true", default=None,
                    help="step: add a run fed by Ray Data (samples/s, data-wait share)")
     b.add_argument("--random-init", action="store_true", default=None,
                    help="step: random weights and the offline tokenizer (full-size configs without network)")
-    b.add_argument("--threads", type=int, help="step/zero: torch CPU threads (default: as a worker gets)")
+    b.add_argument("--threads", type=int, help="step/zero/load: torch CPU threads (default: as a worker gets)")
     b.add_argument("--json", help="also write the figures to this path or URI")
     b.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     b.set_defaults(fn=cmd_bench)

@@ -16,7 +16,6 @@ from ray_sticker.data.synthetic import make_classify_dataset
 from ray_sticker.evaluate import evaluate_export
 from ray_sticker.models.registry import build_model
 from ray_sticker.train.export import load_model
-from ray_sticker.train.loop import set_seed
 from ray_sticker.train.tracking import read_image_tags, read_scalars
 from ray_sticker.train.trainer import run_training
 
@@ -80,14 +79,22 @@ def test_zero2_from_s3_checkpoints_in_bucket_and_resume(ray_cluster, s3_env, s3_
 
 
 def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_path, monkeypatch):
-    """ZeRO-3 with a frozen text tower, its own vision learning rate and gradient accumulation;
-    its metrics tracked in TensorBoard and an MLflow file store; both splits streamed to the
+    """ZeRO-3 with towers built partitioned and their weights loaded into the partitions (see
+    models/partitioned.py): a frozen text tower from a directory, a vision tower from a file
+    with its own learning rate and gradient accumulation; its
+    metrics tracked in TensorBoard and an MLflow file store; both splits streamed to the
     workers, not cached (the other runs cache them)."""
     mlruns = tmp_path / "mlruns"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{mlruns}")
     data = str(tmp_path / "corrupt")
     make_classify_dataset(data, num_rows=800, image_size=32, corrupt_fraction=0.05, seed=3)
+    text_weights, vision_weights = tmp_path / "text-tower", tmp_path / "vision-tower.pt"
+    start = build_model("m2sa-tiny")
+    start.text.encoder.save_pretrained(text_weights)
+    torch.save(start.vision.visual.state_dict(), vision_weights)
     cfg = _tiny("m2sa-tiny", f"data.uri={data}", f"train.storage_path={tmp_path / 'runs'}",
+                "model.overrides.text.pretrained=true", f"model.overrides.text.hf_model_name={text_weights}",
+                f"model.overrides.vision.pretrained={vision_weights}",
                 "train.epochs=1", "deepspeed.zero_stage=3", "data.max_corrupt_fraction=0.2",
                 "model.freeze_text=true", "model.vision_lr=1e-2", "deepspeed.gradient_accumulation_steps=2",
                 "train.log_every_steps=5", "data.cache_train=false", "data.cache_eval=false")
@@ -109,13 +116,11 @@ def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_pat
     assert final["val_rows_seen"] == 100  # streamed with equal=False: no row of the split dropped
 
     # The export holds the full (gathered) parameters, not rank 0's shard; the frozen text
-    # tower kept its initial weights (same seed), the vision tower moved.
+    # tower holds the weights it was loaded with, the vision tower moved from its own.
     model, _, label_maps = load_model(result.export_uri)
     assert sum(p.numel() for p in model.parameters()) == total
     assert label_maps["sentiment"] == ["neutral", "positive", "negative"]
-    set_seed(cfg.train.seed)
-    initial = build_model(cfg.model.name).state_dict()
-    trained = model.state_dict()
+    initial, trained = start.state_dict(), model.state_dict()
     for key in initial:
         if key.startswith("text."):
             assert torch.equal(initial[key], trained[key]), key

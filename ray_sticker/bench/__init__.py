@@ -6,7 +6,9 @@ own code beside a baseline in the same run and prints one table of ratios agains
 - ``step``: a worker's DeepSpeed step (ZeRO 0 and 2) vs a plain PyTorch loop; MFU on GPUs
   (bench/step.py);
 - ``zero``: per-rank parameter and optimizer-state bytes under ZeRO 0-3 vs the ZeRO paper
-  (bench/zero.py).
+  (bench/zero.py);
+- ``load``: per-rank peak memory while a model is built and initialized, ZeRO-3 (built
+  partitioned) vs ZeRO-0, against the model's bytes (bench/load.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from ray_sticker.bench.report import BenchResult
 
-BENCHES = ("ingest", "step", "zero")
+BENCHES = ("ingest", "step", "zero", "load")
 
 
 def _options_class(what: str):
@@ -32,6 +34,10 @@ def _options_class(what: str):
         from ray_sticker.bench.zero import ZeroOptions
 
         return ZeroOptions
+    if what == "load":
+        from ray_sticker.bench.load import LoadOptions
+
+        return LoadOptions
     raise ValueError(f"unknown benchmark '{what}'; available: {', '.join(BENCHES)}")
 
 
@@ -57,6 +63,10 @@ def run_bench(what: str, values: dict[str, Any] | None = None) -> BenchResult:
         from ray_sticker.bench.step import run_step
 
         return run_step(opts)
-    from ray_sticker.bench.zero import run_zero
+    if what == "zero":
+        from ray_sticker.bench.zero import run_zero
 
-    return run_zero(opts)
+        return run_zero(opts)
+    from ray_sticker.bench.load import run_load
+
+    return run_load(opts)

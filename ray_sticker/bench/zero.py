@@ -97,7 +97,6 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], out_dir: s
     from ray_sticker.bench.inputs import torch_batch
     from ray_sticker.bench.procgroup import process_group
     from ray_sticker.config import from_dict
-    from ray_sticker.models.registry import build_from_config
     from ray_sticker.train import engine as ds_engine
     from ray_sticker.train.loop import set_seed
 
@@ -109,7 +108,8 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], out_dir: s
             staged = cfg.model_copy(deep=True)
             staged.deepspeed.zero_stage = stage
             set_seed(cfg.train.seed)
-            engine, precision = ds_engine.initialize(build_from_config(job["model_config"]), staged, 10, on_gpu=False)
+            model = ds_engine.build_model(job["model_config"], staged, "fp32", on_gpu=False)  # ZeRO-3: built partitioned
+            engine, precision = ds_engine.initialize(model, staged, 10, on_gpu=False, precision="fp32")
             out = engine(dict(batch))
             engine.backward(out.loss)
             engine.step()

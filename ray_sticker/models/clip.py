@@ -127,7 +127,7 @@ def build_clip_model(spec: dict[str, Any]) -> nn.Module:
     if text_cfg.get("vocab_size") == "tokenizer":
         text_cfg["vocab_size"] = len(load_tokenizer(tokenizer_name(spec)))
     config = transformers.CLIPConfig(text_config=text_cfg, vision_config=hf_cfg.pop("vision_config", {}), **hf_cfg)
-    return transformers.CLIPModel(config)
+    return transformers.AutoModel.from_config(config)  # (under ZeRO-3: built partitioned)
 
 
 class ClipDualEncoder(nn.Module):

@@ -32,6 +32,7 @@ from torch import nn
 
 # Tokenizers live in a torch-free module (Ray Data workers tokenize without importing torch).
 from ray_sticker.data.text import load_tokenizer, tokenizer_name, weights_location
+from ray_sticker.models import partitioned
 
 
 class TextTower(nn.Module):
@@ -88,9 +89,14 @@ class VisionTower(nn.Module):
         self.resnet = isinstance(vision_cfg.get("layers"), (list, tuple))
         if not self.resnet:
             vision_cfg.setdefault("output_tokens", True)
-        visual = _build_vision_tower(embed_dim or vision_cfg.get("width", 64), vision_cfg, quick_gelu=quick_gelu)
+        with partitioned.module_init():  # ZeRO-3: partitioned as built (see models/partitioned.py)
+            visual = _build_vision_tower(embed_dim or vision_cfg.get("width", 64), vision_cfg, quick_gelu=quick_gelu)
         if pretrained:
             _load_open_clip_visual(visual, name, pretrained)
+        elif self.resnet and partitioned.active():
+            # ModifiedResNet initialises its submodules' weights in its own constructor, after
+            # zero.Init has partitioned them (those writes went nowhere): again, gathered.
+            partitioned.gathered_init(visual, lambda m: m.init_parameters())
         if not self.resnet:
             visual.proj = None  # pooled output at the tower width (the "pooler output")
             visual.output_tokens = True
@@ -121,25 +127,35 @@ def vision_image_size(spec: dict[str, Any]) -> int:
 
 
 def _load_open_clip_visual(visual: nn.Module, name: str | None, pretrained: str) -> None:
-    location = weights_location(pretrained)
-    if os.path.exists(location):
-        state = torch.load(location, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        if any(k.startswith("visual.") for k in state):
-            state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    else:  # an open_clip pretrained tag such as "openai" (downloads on first use)
-        import open_clip
-
-        state = open_clip.create_model(name, pretrained=pretrained).visual.state_dict()
+    """Copy pretrained weights into a vision tower. Under partitioned construction only rank 0
+    reads them (the others get their names and shapes) and they go in module by module."""
     arch = name or "the configured vision_cfg"
+    state, shapes = partitioned.read_on_rank0(lambda: _read_open_clip_visual(name, pretrained))
     try:
-        missing, unexpected = visual.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
-        raise ValueError(f"vision weights {pretrained} do not match {arch}: {first.strip()}") from None
+        missing, unexpected = partitioned.load_partitioned(visual, state, shapes)
+    except ValueError as exc:
+        raise ValueError(f"vision weights {pretrained} do not match {arch}: {exc}") from None
     missing = [k for k in missing if k != "proj"]
     if missing or unexpected:
         raise ValueError(
             f"vision weights {pretrained} do not match {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def _read_open_clip_visual(name: str | None, pretrained: str) -> dict[str, torch.Tensor]:
+    """The vision tower's state dict from a checkpoint file (memory-mapped where its format
+    allows: values are read as they are copied) or an open_clip pretrained tag."""
+    location = weights_location(pretrained)
+    if os.path.exists(location):
+        try:
+            state = torch.load(location, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(location, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        if any(k.startswith("visual.") for k in state):
+            state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+        return state
+    import open_clip  # an open_clip pretrained tag such as "openai" (downloads on first use)
+
+    return open_clip.create_model(name, pretrained=pretrained).visual.state_dict()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ray_sticker.config import ExperimentConfig
+from ray_sticker.models.partitioned import full_numel, full_shape
 
 log = logging.getLogger("ray_sticker.train")
 
@@ -119,7 +120,7 @@ def param_groups(model: nn.Module, cfg: ExperimentConfig) -> list[dict[str, Any]
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = p.ndim >= 2
+        decay = len(full_shape(p)) >= 2  # (ZeRO-3 partitions built partitioned are flat and empty)
         groups.setdefault((kinds[name], decay), []).append(p)
     return [
         {"params": params, "lr": lrs.get(tower, cfg.train.lr), "name": f"{tower}{'' if decay else '-no-decay'}",
@@ -164,7 +165,7 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
 def check_parameters(model: nn.Module) -> None:
     """DeepSpeed broadcasts parameters as byte views, which fails on 0-dim tensors: learnable
     scalars (temperatures, gates) must have shape (1,)."""
-    scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
+    scalars = [name for name, p in model.named_parameters() if not full_shape(p)]
     if scalars:
         raise ValueError(f"0-dim parameters {scalars} cannot be trained under DeepSpeed; give them shape (1,)")
 
@@ -181,8 +182,8 @@ def check_root_parameters(model: nn.Module, zero_stage: int) -> None:
     in backward."""
     if zero_stage != 3:
         return
-    large = [(name, p.numel()) for name, p in model.named_parameters(recurse=False)
-             if p.numel() > ZERO3_PERSISTENCE_THRESHOLD]
+    large = [(name, full_numel(p)) for name, p in model.named_parameters(recurse=False)
+             if full_numel(p) > ZERO3_PERSISTENCE_THRESHOLD]
     if large:
         raise ValueError(f"{type(model).__name__} holds parameters {large} itself: under ZeRO-3 parameters of more "
                          f"than {ZERO3_PERSISTENCE_THRESHOLD} elements must live in a submodule (see "
@@ -238,20 +239,41 @@ def load_deepspeed():
 _MUON = "deepspeed.runtime.zero.muon.muon_optimizer"
 
 
+def prepare_deepspeed(on_gpu: bool):
+    """DeepSpeed imported (:func:`load_deepspeed`) and, on CPU workers, without its CPU
+    inference op (:func:`skip_cpu_inference_comm_op`): before anything starts its backend."""
+    deepspeed = load_deepspeed()
+    if not on_gpu:
+        skip_cpu_inference_comm_op()
+    return deepspeed
+
+
 def _no_compile(model=None, **_):
     return model if model is not None else (lambda fn: fn)
 
 
-def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu: bool):
-    """-> (engine, precision). ``total_steps`` counts optimizer steps (after accumulation)."""
-    deepspeed = load_deepspeed()
-    if not on_gpu:
-        skip_cpu_inference_comm_op()
+def build_model(model_config: dict[str, Any], cfg: ExperimentConfig, precision: str, on_gpu: bool) -> nn.Module:
+    """The model of a run. At ZeRO-3 its towers are built partitioned over the ranks, their
+    pretrained weights copied in module by module (see models/partitioned.py); no rank holds
+    a whole tower at any moment. Call on every rank together, in the process group."""
+    from ray_sticker.models.partitioned import partitioned_construction
+    from ray_sticker.models.registry import build_from_config
+
+    prepare_deepspeed(on_gpu)  # zero.Init starts DeepSpeed's communication backend
+    with partitioned_construction(deepspeed_config(cfg, precision)):
+        return build_from_config(model_config)
+
+
+def initialize(model: nn.Module, cfg: ExperimentConfig, total_steps: int, on_gpu: bool, precision: str | None = None):
+    """-> (engine, precision). ``total_steps`` counts optimizer steps (after accumulation);
+    ``precision`` as :func:`resolve_precision` gave it (resolved here when None)."""
+    deepspeed = prepare_deepspeed(on_gpu)
     check_parameters(model)
     check_root_parameters(model, cfg.deepspeed.zero_stage)
     freeze_towers(model, cfg)
-    precision, why = resolve_precision(cfg, on_gpu)
-    log.info("precision %s (deepspeed.precision=%s: %s)", precision, cfg.deepspeed.precision, why)
+    if precision is None:
+        precision, why = resolve_precision(cfg, on_gpu)
+        log.info("precision %s (deepspeed.precision=%s: %s)", precision, cfg.deepspeed.precision, why)
     optimizer = build_optimizer(param_groups(model, cfg), cfg, on_gpu)
     warmup = int(cfg.train.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.scheduler, total_steps, warmup))

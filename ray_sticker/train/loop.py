@@ -73,8 +73,6 @@ def setup(plan: RunPlan) -> Worker:
     """Model, DeepSpeed engine, sticker pool and (rank 0) tracker of this rank."""
     import ray.train
 
-    from ray_sticker.models.registry import build_from_config
-
     t0 = time.perf_counter()
     cfg = plan.inputs.cfg
     ctx = ray.train.get_context()
@@ -82,11 +80,14 @@ def setup(plan: RunPlan) -> Worker:
     set_seed(cfg.train.seed)
     on_gpu = cfg.train.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda", ray.train.torch.get_device().index or 0) if on_gpu else torch.device("cpu")
-    model = build_from_config(plan.inputs.model_config)
+    precision, why = ds_engine.resolve_precision(cfg, on_gpu)
+    if rank == 0:
+        log.info("precision %s (deepspeed.precision=%s: %s)", precision, cfg.deepspeed.precision, why)
+    model = ds_engine.build_model(plan.inputs.model_config, cfg, precision, on_gpu)
     rows_per_worker = plan.inputs.train_rows // world  # the train split is split equally
     steps_per_epoch = math.ceil(math.ceil(rows_per_worker / cfg.train.batch_size)
                                 / cfg.deepspeed.gradient_accumulation_steps)
-    engine, precision = ds_engine.initialize(model, cfg, max(1, steps_per_epoch * cfg.train.epochs), on_gpu)
+    engine, precision = ds_engine.initialize(model, cfg, max(1, steps_per_epoch * cfg.train.epochs), on_gpu, precision)
     local_params, total_params = ds_engine.partition_numel(engine)
     facts = {"world_size": world, "zero_stage": cfg.deepspeed.zero_stage, "precision": precision,
              "params_total": total_params,
