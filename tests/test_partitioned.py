@@ -1,7 +1,8 @@
 """Partitioned construction under ZeRO-3 (models/partitioned.py), on two real ranks (processes,
-gloo): towers are partitioned as they are built, pretrained weights land in the partitions
-exactly, initialisations that write submodules survive, and ``bench load`` shows a rank's peak
-during construction at about half the model."""
+gloo): towers and MLLMs are partitioned as they are built, pretrained weights land in the
+partitions exactly, initialisations that write submodules survive (open_clip's ResNet,
+transformers' init, LoRA's), and ``bench load`` shows a rank's peak during construction at
+about half the model."""
 
 import json
 import math
@@ -33,6 +34,7 @@ def _ranks(rank: int, world: int, port: int, weights: str, out_dir: str) -> None
     from ray_sticker.bench.procgroup import process_group
     from ray_sticker.models.encoders import TextTower, VisionTower
     from ray_sticker.models.partitioned import full_shape, is_partitioned, partitioned_construction
+    from ray_sticker.models.registry import build_from_config, get_model_config
     from ray_sticker.train.engine import prepare_deepspeed
 
     prepare_deepspeed(on_gpu=False)
@@ -54,6 +56,13 @@ def _ranks(rank: int, world: int, port: int, weights: str, out_dir: str) -> None
         out["resnet_q_std"] = float(q.std())
         out["resnet_q_in"] = q.shape[1]
         out["bert_word_std"] = float(_gathered(towers["bert"].encoder)["embeddings.word_embeddings.weight"].std())
+        # an MLLM from its directory, partitioned by transformers; LoRA adapters added after it
+        mllm = build_from_config(get_model_config("mllm-tiny", {"lora": {"r": 4, "alpha": 8}})).model
+        base = [p for n, p in mllm.named_parameters() if "lora_" not in n]
+        lora = {n: p for n, p in mllm.named_parameters() if "lora_" in n}
+        out["mllm_partitioned"] = all(is_partitioned(p) for p in base) and bool(lora)
+        out["lora_b_zero"] = all(float(p.abs().sum()) == 0 for n, p in lora.items() if "lora_B" in n)
+        out["lora_a_set"] = all(float(p.abs().sum()) > 0 for n, p in lora.items() if "lora_A" in n)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(out, f)
 
@@ -78,6 +87,8 @@ def test_towers_built_partitioned_with_their_weights_and_initialisation(tmp_path
         # ModifiedResNet's own init of its attention pool (std = in_features ** -0.5), not nn.Linear's default
         assert out["resnet_q_std"] == pytest.approx(out["resnet_q_in"] ** -0.5, rel=0.15)
         assert out["bert_word_std"] == pytest.approx(0.02, rel=0.15)  # transformers' init, gathered
+        # LoRA: B starts at zero (the adapted model starts as the base model), A does not
+        assert out["mllm_partitioned"] and out["lora_b_zero"] and out["lora_a_set"], out
     assert ranks[0]["vit_equal"] == ranks[1]["vit_equal"]
 
 
