@@ -143,3 +143,29 @@ def test_ingest_smoke(ray_cluster, tmp_path, capsys):
     assert len(ray_rows) == 4 and {r["baseline"] for r in ray_rows} == {"ceiling", "DataLoader"}
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in ray_rows)
     assert {r["goal"] for r in ray_rows} == {">= 0.8", ">= 1", ""}
+
+
+def test_gpu_check_script_runs_its_cpu_path_without_ray(tmp_path):
+    """jobs/gpu_check.sh's run on this machine (device cpu, the tiny config, no compile): with
+    Ray not importable, as on the GPU host, it writes the step figures as JSON."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    stub = tmp_path / "no-ray" / "ray"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('ray is not installed on this host')\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(stub.parent), "GPU_CHECK_DEVICE": "cpu",
+           "GPU_CHECK_CONFIGS": "m2sa-tiny", "GPU_CHECK_ARGS": "--rows 200 --steps 2 --repeats 1 --warmup 1",
+           "RAY_STICKER_HOME": str(tmp_path / "home")}
+    done = subprocess.run(["bash", "jobs/gpu_check.sh", "run", str(out), str(tmp_path / "no-wheelhouse")], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((out / "step-m2sa-tiny.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert {"plain PyTorch", "DeepSpeed ZeRO-0", "DeepSpeed ZeRO-2"} <= rows.keys()
+    assert all(r["it_per_s"] > 0 and r["samples_per_s"] > 0 for r in rows.values())
+    assert data["options"]["device"] == "cpu" and (out / "step-m2sa-tiny.log").stat().st_size > 0

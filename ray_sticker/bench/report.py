@@ -15,8 +15,8 @@ Goal = tuple[str, float]  # on a row's ratio: (">=", b), ("<=", b), or ("~", tol
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU count, GPU name (or None) and the versions that decide the figures."""
-    import ray
+    """CPU count, GPU name (or None) and the versions that decide the figures (Ray's: None
+    where it is not installed, as on a GPU host that runs only ``bench step``)."""
     import torch
 
     from ray_sticker.train.engine import load_deepspeed
@@ -29,8 +29,17 @@ def machine_info() -> dict[str, Any]:
     except AttributeError:  # not on Linux
         usable = os.cpu_count() or 1
     return {"cpus": os.cpu_count() or 1, "cpus_usable": usable, "gpu": gpu, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "python": platform.python_version(), "torch": torch.__version__, "ray": _version("ray"),
             "deepspeed": deepspeed.__version__, "load_average": _load_average()}
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _load_average() -> float | None:
@@ -43,7 +52,7 @@ def _load_average() -> float | None:
 def machine_line(info: dict[str, Any]) -> str:
     load = f", load avg {info['load_average']:.1f}" if info.get("load_average") is not None else ""
     return (f"machine: {info['cpus']} CPUs ({info['cpus_usable']} usable{load}), GPU {info['gpu'] or 'none'}; "
-            f"torch {info['torch']}, ray {info['ray']}, deepspeed {info['deepspeed']}, python {info['python']}")
+            f"torch {info['torch']}, ray {info['ray'] or 'not installed'}, deepspeed {info['deepspeed']}, python {info['python']}")
 
 
 def judge(ratio: float | None, goal: Goal | None) -> str:

@@ -79,6 +79,7 @@ class Variant:
     goal: Goal | None = None
     engine: Any = None
     times: list[float] = field(default_factory=list)  # seconds per step, one per repeat
+    step_peak_bytes: int = 0  # GPU: the most its steps allocated above what was resident before them
 
 
 def _sync(device: torch.device) -> None:
@@ -161,13 +162,19 @@ def _time(variants: list[Variant], opts: StepOptions, device: torch.device) -> N
         for _ in range(opts.warmup):
             v.step()
         _sync(device)
+    on_gpu = device.type == "cuda"
     for _ in range(opts.repeats):
         for v in variants:
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)
             t0 = time.perf_counter()
             for _ in range(opts.steps):
                 v.step()
             _sync(device)
             v.times.append((time.perf_counter() - t0) / opts.steps)
+            if on_gpu:
+                v.step_peak_bytes = max(v.step_peak_bytes, torch.cuda.max_memory_allocated(device) - resident)
 
 
 def _pipeline_run(inputs, engine, opts: StepOptions, batch_size: int, device: torch.device) -> dict[str, float]:
@@ -244,7 +251,8 @@ def run_step(opts: StepOptions) -> BenchResult:
     overrides = list(opts.overrides) + ([f"train.batch_size={opts.batch_size}"] if opts.batch_size else [])
     cfg = bench_config(opts.config, overrides, opts.rows, random_init=opts.random_init)
     device = _resolve_device(opts.device)
-    columns = [("variant", "variant", ""), ("ms/step", "ms_per_step", ".2f"), ("samples/s", "samples_per_s", ".1f"),
+    columns = [("variant", "variant", ""), ("ms/step", "ms_per_step", ".2f"), ("it/s", "it_per_s", ".3f"),
+               ("samples/s", "samples_per_s", ".1f"), ("step peak MB", "step_peak_mb", ",.0f"),
                ("TFLOP/s", "tflops", ".4g"), ("MFU", "mfu", ".1%"), ("data wait", "data_wait", ".1%"),
                ("vs", "baseline", ""), ("ratio", "ratio", ".3f"), ("goal", "goal", ""), ("", "status", "")]
     title = f"step: {cfg.model.name}, batch {cfg.train.batch_size}"
@@ -282,7 +290,8 @@ def run_step(opts: StepOptions) -> BenchResult:
     for v in variants:
         s = med[v.name]
         ratio = s / med[v.baseline] if v.baseline else None
-        result.add(v.goal, variant=v.name, ms_per_step=1e3 * s, samples_per_s=cfg.train.batch_size / s,
+        result.add(v.goal, variant=v.name, ms_per_step=1e3 * s, it_per_s=1.0 / s, samples_per_s=cfg.train.batch_size / s,
+                   step_peak_mb=v.step_peak_bytes / 2**20 if on_gpu else None,
                    tflops=flops / s / 1e12, mfu=flops / s / peak if peak else None, baseline=v.baseline or "",
                    ratio=ratio, times_s=v.times)
     if fed is not None:
@@ -300,6 +309,10 @@ def run_step(opts: StepOptions) -> BenchResult:
     if cfg.model.name in PAPER_SPEEDS and on_gpu:
         here = "; ".join(f"{v.name}: {1.0 / med[v.name]:.4f} it/s" for v in variants)
         result.notes.append(f"{PAPER_SPEEDS[cfg.model.name]}; here, batch {cfg.train.batch_size}: {here}")
+    if on_gpu:
+        result.notes.append(f"GPU memory: {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB resident with every "
+                            "variant built (weights, optimizer states); 'step peak MB' is what a variant's steps "
+                            "allocated above what was resident")
     if not on_gpu:
         result.notes.append("GPU figures: " + ("no GPU: skipped" if not torch.cuda.is_available() else
                                                "run with --device cuda"))
