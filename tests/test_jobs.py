@@ -134,7 +134,7 @@ def test_failing_job_makes_submit_fail_with_the_reason(ray_head, job_dataset, tm
 
 def test_stop_ends_a_long_job(ray_head, job_dataset, tmp_path):
     started = ray_head.ray("submit", "--no-wait", "--submission-id", "rs-long", "--working-dir", ".",
-                           *_train_args(job_dataset, tmp_path, "long", "train.epochs=1000"))
+                           *_train_args(job_dataset, tmp_path, "long", "train.epochs=1000", "train.num_workers=1"))
     assert started.returncode == 0, started.stderr[-2000:]
     deadline = time.monotonic() + 180
     while "run long -> " not in ray_head.ray("logs", "rs-long").stdout:  # its inputs checked, Ray Train starting

@@ -23,13 +23,15 @@ def _final(result) -> dict:
 
 
 def test_every_model_trains_evaluates_and_plots(ray_cluster):
+    # Two ranks where they matter (ZeRO-3's partitions, the pool embedded in chunks over the
+    # ranks); one worker where the model is the subject (a worker is a process to start).
     cfgs = [
-        load_config("mmsair-tiny"),
-        load_config("mdse-tiny"),
+        load_config("mmsair-tiny", ["train.num_workers=1"]),
+        load_config("mdse-tiny", ["train.num_workers=1"]),
         load_config("eigml-tiny", ["train.epochs=1", "deepspeed.zero_stage=3"]),
         load_config("intra-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "data.eval_candidates=pool"]),
         # CLIP zero-shot: the initial model evaluated, nothing trained.
-        load_config("clip-select-tiny", ["train.epochs=0", "train.export=false"]),
+        load_config("clip-select-tiny", ["train.epochs=0", "train.export=false", "train.num_workers=1"]),
     ]
     mmsair, mdse, eigml, intra, zero_shot = run_many(cfgs)
 

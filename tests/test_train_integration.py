@@ -177,7 +177,8 @@ def test_early_stopping_exports_the_best_epochs_model(ray_cluster, tmp_path):
     data = str(tmp_path / "data")
     make_classify_dataset(data, num_rows=400, image_size=32, seed=2)
     result = run_training(_tiny("m2sa-tiny", f"data.uri={data}", f"train.storage_path={tmp_path / 'runs'}",
-                                "train.epochs=4", "train.early_stopping_patience=1", "train.select_metric=epoch"))
+                                "train.epochs=4", "train.early_stopping_patience=1", "train.select_metric=epoch",
+                                "train.num_workers=1"))
     assert [h["epoch"] for h in result.history] == [0, 1] and result.best_epoch == 0
     exported = evaluate_export(result.export_uri, split="validation")
     assert exported["loss"] == pytest.approx(result.history[0]["val_loss"], rel=1e-5)
