@@ -1,4 +1,4 @@
-"""``ray-sticker``: prepare | check | enrich | train | evaluate | tune | models | configs | bench.
+"""``ray-sticker``: prepare | check | enrich | train | evaluate | tune | reproduce | models | configs | bench.
 
 ``ray-sticker train`` with no arguments runs the embedded default: the synthetic dataset
 (written locally if missing), the tiny M2SA and its text-only and image-only baselines,
@@ -173,6 +173,38 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if result.unfinished:
         print(f"interrupted: {len(result.unfinished)} trial(s) unfinished; continue with: "
               f"ray-sticker tune --sweep {args.sweep} --name {spec.name} --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ray_sticker.sweep.tables import compare, list_tables, load_table, markdown, write_report
+
+    if args.list or not args.table:
+        if not args.list:
+            raise ConfigError("reproduce: give a table name (list them: --list) or a YAML path")
+        for table in list_tables():
+            print(f"{table.name:<18} {table.paper:<7} {table.source}")
+            for i, row in enumerate(table.rows, 1):
+                print(f"  {i:>2}. {row.label}")
+        return 0
+    from ray_sticker.sweep.runner import run_sweep
+
+    table = load_table(args.table)
+    if args.rows:
+        table = table.select([int(n) for n in args.rows.split(",") if n.strip()])
+    overrides = [*([f"data.uri={args.dataset}"] if args.dataset else []), *args.overrides]
+    spec = table.sweep(tiny=args.tiny, overrides=overrides, name=args.name, storage_path=args.storage)
+    t0 = time.perf_counter()
+    result = run_sweep(spec, resume=args.resume, address=args.address)
+    lines = compare(table, result.rows)
+    print(markdown(table, lines, args.tiny, result.experiment_dir))
+    for key, uri in write_report(table, lines, result.experiment_dir, args.tiny).items():
+        print(f"{key}: {uri}")
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s; log: {args.log_file}")
+    if result.unfinished:
+        print(f"interrupted: {len(result.unfinished)} trial(s) unfinished; continue with: "
+              f"ray-sticker reproduce {args.table} --name {spec.name} --resume", file=sys.stderr)
         return 130
     return 0
 
@@ -358,6 +390,28 @@ def _tune_parser(sub) -> None:
     tu.set_defaults(fn=cmd_tune)
 
 
+def _reproduce_parser(sub) -> None:
+    rp = sub.add_parser("reproduce", help="run the rows of a paper's table (tuning/tables/NAME.yaml), measured "
+                                          "beside published",
+                        description="Run one published table or figure as one Ray Tune grid over its shipped "
+                                    "experiment config (a trial per row and seed), then print the measured "
+                                    "figures beside the paper's and write reproduce.md/.csv/.png to the sweep's "
+                                    "directory.")
+    rp.add_argument("table", nargs="?", help="table name (list them: --list) or a YAML path")
+    rp.add_argument("--list", action="store_true", help="list the tables and their rows")
+    rp.add_argument("--tiny", action="store_true",
+                    help="every row on the test-size config and its synthetic data (minutes on a laptop)")
+    rp.add_argument("--dataset", help="dataset URI for every row (default: the config's data.uri)")
+    rp.add_argument("--rows", help="only these rows, comma-separated numbers as --list shows them")
+    rp.add_argument("--name", help="experiment name (default: the table's, with -tiny under --tiny)")
+    rp.add_argument("--resume", action="store_true", help="continue the interrupted run of this name")
+    rp.add_argument("--storage", help="experiment storage: local directory or s3:// URI")
+    rp.add_argument("overrides", nargs="*", metavar="section.field=value",
+                    help="dotted overrides of the experiment config, for every row")
+    rp.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
+    rp.set_defaults(fn=cmd_reproduce)
+
+
 def _enrich_parser(sub) -> None:
     en = sub.add_parser("enrich", help="add annotation columns to a dataset with a batch-inference job (Ray Data)",
                         description="Annotate a canonical dataset's stickers or examples with an annotator "
@@ -449,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     _check_parser(sub)
     _evaluate_parser(sub)
     _tune_parser(sub)
+    _reproduce_parser(sub)
     _enrich_parser(sub)
     _models_parser(sub)
     _configs_parser(sub)

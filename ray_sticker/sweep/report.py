@@ -22,7 +22,7 @@ from ray.tune import Callback
 
 from ray_sticker import storage
 from ray_sticker.config import set_values, validate
-from ray_sticker.sweep.spec import SweepSpec
+from ray_sticker.sweep.spec import POINT_KEY, SweepSpec
 from ray_sticker.train.plots import png_bytes
 
 RESULTS = "results"
@@ -50,6 +50,7 @@ def trial_row(spec: SweepSpec, base: dict[str, Any], exp_dir: str, trial_id: str
         "status": status,
         "stopped_early": status == "TERMINATED" and epochs is not None and done < epochs,
         "epochs_completed": done,
+        **({POINT_KEY: params.get(POINT_KEY)} if spec.points else {}),  # which of the sweep's points
         **{field: values.get(field) for field in spec.swept_fields},
         spec.metric: last.get(spec.metric),
         f"best_{spec.metric}": best,
