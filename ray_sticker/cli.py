@@ -407,7 +407,7 @@ def _reproduce_parser(sub) -> None:
     rp.add_argument("--resume", action="store_true", help="continue the interrupted run of this name")
     rp.add_argument("--storage", help="experiment storage: local directory or s3:// URI")
     rp.add_argument("overrides", nargs="*", metavar="section.field=value",
-                    help="dotted overrides of the experiment config, for every row")
+                    help="dotted overrides of the experiment config, for every row (right after the table's name)")
     rp.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a new local Ray)")
     rp.set_defaults(fn=cmd_reproduce)
 
