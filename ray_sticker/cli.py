@@ -167,12 +167,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(format_table(result.rows, columns))
     if result.best is not None:
         print(f"\nbest: {result.best['trial_id']} {spec.metric}={result.best[spec.metric]:.4f}")
-    for key, uri in result.outputs.items():
+    return _sweep_end(result, result.outputs, t0, args.log_file,
+                      f"ray-sticker tune --sweep {args.sweep} --name {spec.name} --resume")
+
+
+def _sweep_end(result, outputs: dict[str, str], t0: float, log_file: str, resume: str) -> int:
+    """The outputs, the time, and (exit 130) how to continue an interrupted sweep."""
+    for key, uri in outputs.items():
         print(f"{key}: {uri}")
-    print(f"\ntotal {time.perf_counter() - t0:.0f}s; log: {args.log_file}")
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s; log: {log_file}")
     if result.unfinished:
-        print(f"interrupted: {len(result.unfinished)} trial(s) unfinished; continue with: "
-              f"ray-sticker tune --sweep {args.sweep} --name {spec.name} --resume", file=sys.stderr)
+        print(f"interrupted: {len(result.unfinished)} trial(s) unfinished; continue with: {resume}", file=sys.stderr)
         return 130
     return 0
 
@@ -199,14 +204,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     result = run_sweep(spec, resume=args.resume, address=args.address)
     lines = compare(table, result.rows)
     print(markdown(table, lines, args.tiny, result.experiment_dir))
-    for key, uri in write_report(table, lines, result.experiment_dir, args.tiny).items():
-        print(f"{key}: {uri}")
-    print(f"\ntotal {time.perf_counter() - t0:.0f}s; log: {args.log_file}")
-    if result.unfinished:
-        print(f"interrupted: {len(result.unfinished)} trial(s) unfinished; continue with: "
-              f"ray-sticker reproduce {args.table} --name {spec.name} --resume", file=sys.stderr)
-        return 130
-    return 0
+    return _sweep_end(result, write_report(table, lines, result.experiment_dir, args.tiny), t0, args.log_file,
+                      f"ray-sticker reproduce {args.table} --name {spec.name} --resume")
 
 
 def cmd_enrich(args: argparse.Namespace) -> int:

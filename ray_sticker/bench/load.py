@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,20 +81,12 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], out_dir: s
 
 
 def _measure(opts: LoadOptions, experiment: dict[str, Any], model_config: dict[str, Any]) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
+    from ray_sticker.bench.procgroup import spawn_ranks
 
-    from ray_sticker.bench.procgroup import free_port
-
-    found = []
-    with tempfile.TemporaryDirectory() as out_dir:
-        for stage in opts.stages:  # fresh processes per stage: a peak only grows
-            staged = {**experiment, "deepspeed": {**experiment["deepspeed"], "zero_stage": stage}}
-            job = {"experiment": staged, "model_config": model_config, "threads": opts.threads}
-            mp.spawn(_rank_main, args=(opts.workers, free_port(), job, out_dir), nprocs=opts.workers, join=True)
-        for name in sorted(os.listdir(out_dir)):
-            with open(os.path.join(out_dir, name)) as f:
-                found.append(json.load(f))
-    return found
+    jobs = [{"experiment": {**experiment, "deepspeed": {**experiment["deepspeed"], "zero_stage": stage}},
+             "model_config": model_config, "threads": opts.threads}
+            for stage in opts.stages]  # fresh processes per stage: a peak only grows
+    return spawn_ranks(_rank_main, opts.workers, jobs)
 
 
 def run_load(opts: LoadOptions) -> BenchResult:

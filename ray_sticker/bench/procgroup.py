@@ -4,9 +4,11 @@ otherwise creates it): the rendezvous variables Ray Train sets, then ``init_proc
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
-from typing import Iterator
+import tempfile
+from typing import Any, Callable, Iterator
 
 _ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -40,3 +42,19 @@ def process_group(rank: int = 0, world: int = 1, port: int | None = None, backen
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def spawn_ranks(fn: Callable[..., None], workers: int, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each job in turn, ``fn(rank, workers, port, job, out_dir)`` on ``workers`` fresh
+    processes (torch.multiprocessing; a free rendezvous port each time); -> what the ranks
+    wrote to ``out_dir`` as JSON files, in the order of their names."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        for job in jobs:
+            mp.spawn(fn, args=(workers, free_port(), job, out_dir), nprocs=workers, join=True)
+        found = []
+        for name in sorted(os.listdir(out_dir)):
+            with open(os.path.join(out_dir, name)) as f:
+                found.append(json.load(f))
+    return found

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,17 +120,9 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], out_dir: s
 
 
 def _measure(opts: ZeroOptions, job: dict[str, Any]) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
+    from ray_sticker.bench.procgroup import spawn_ranks
 
-    from ray_sticker.bench.procgroup import free_port
-
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_rank_main, args=(opts.workers, free_port(), job, out_dir), nprocs=opts.workers, join=True)
-        found = []
-        for name in sorted(os.listdir(out_dir)):
-            with open(os.path.join(out_dir, name)) as f:
-                found.append(json.load(f))
-    return found
+    return spawn_ranks(_rank_main, opts.workers, [job])
 
 
 def run_zero(opts: ZeroOptions) -> BenchResult:
