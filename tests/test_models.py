@@ -291,3 +291,47 @@ def test_vit_b32_tower_from_open_clip_name_without_weights(monkeypatch):
         tokens, pooled = tower(torch.randn(1, 3, 224, 224))
     assert pooled.shape == (1, 768)
     assert tokens.shape == (1, 49, 768)  # 7x7 patches of 32 px
+
+
+TINY_DINOV2 = {"pretrained": False, "image_size": 32, "image_mean": [0.485, 0.456, 0.406],
+               "image_std": [0.229, 0.224, 0.225],
+               "hf_config": {"model_type": "dinov2", "image_size": 64, "patch_size": 8, "hidden_size": 32,
+                             "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_ratio": 2}}
+
+
+def test_dinov2_vision_tower_random_and_from_a_directory(tmp_path):
+    """A Hugging Face vision encoder as the vision tower (M2SA's DINOv2): tokens and the pooled
+    CLS, fed at its input size (32) below its architecture's (64: positions interpolated), and
+    the same weights back from a saved directory."""
+    from ray_sticker.models.encoders import vision_image_size
+    from ray_sticker.train.engine import tower_of_parameters
+
+    torch.manual_seed(0)
+    tower = VisionTower(TINY_DINOV2)
+    assert (tower.width, tower.image_size, vision_image_size(TINY_DINOV2)) == (32, 32, 32)
+    tokens, pooled = tower(torch.rand(2, 3, 32, 32))
+    assert tokens.shape == (2, 1 + 16, 32) and pooled.shape == (2, 32)
+    tower.encoder.save_pretrained(tmp_path / "dinov2")
+    loaded = VisionTower({**TINY_DINOV2, "pretrained": True, "hf_model_name": str(tmp_path / "dinov2")})
+    for key, value in tower.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+    cfg = get_model_config("m2sa-tiny")
+    model = build_from_config({**cfg, "vision": TINY_DINOV2})
+    assert set(tower_of_parameters(model).values()) == {"text", "vision", "head"}  # freeze_vision reaches it
+    batch = {"input_ids": torch.randint(0, 50, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long),
+             "pixel_values": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
+             "label_sentiment": torch.tensor([0, 2])}
+    out = model(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    no_grad = [n for n, p in model.vision.named_parameters() if p.grad is None]
+    assert no_grad == ["encoder.embeddings.mask_token"], no_grad  # used only for masked-image pretraining
+
+
+def test_m2sa_dinov2_config_counts_dinov2_base():
+    """m2sa-xsm-dinov2 on meta: XLM-R 278.04M + DINOv2-base as released (86.58M: its 518 px
+    position table) + the 1536 -> 3 head."""
+    from ray_sticker.models.params import count
+
+    assert count(get_model_config("m2sa-xsm-dinov2"))["total"] == 278_043_648 + 86_580_480 + 1536 * 3 + 3

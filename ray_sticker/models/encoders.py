@@ -17,6 +17,12 @@ vision::
      "pretrained": "openai" | "/path/ckpt.pt" | "s3://b/ckpt.pt" | null,
      "vision_cfg": {...}}                    # or an explicit CLIPVisionCfg (tiny configs)
 
+    {"hf_model_name": "facebook/dinov2-base", # a Hugging Face vision encoder (DINOv2, ...):
+     "pretrained": true,                      # hub name, local directory or s3:// URI
+     "hf_config": {"model_type": "dinov2", "image_size": 518, ...},   # architecture (random init)
+     "image_size": 224,                       # input resolution, if not the architecture's
+     "image_mean": [...], "image_std": [...]} # its normalisation (default: CLIP's)
+
 Both towers return ``(tokens, pooled)``: per-token features ``(B, T, D)`` and one pooled
 vector ``(B, D)`` (the text pooler output / CLS token; the vision pooled token before
 CLIP's projection), with ``D = tower.width``.
@@ -35,26 +41,29 @@ from ray_sticker.data.text import load_tokenizer, tokenizer_name, weights_locati
 from ray_sticker.models import partitioned
 
 
+def hf_encoder(spec: dict[str, Any], tower: str, hf_config: dict[str, Any]) -> nn.Module:
+    """A Hugging Face ``AutoModel``: pretrained from ``spec["hf_model_name"]`` (hub name, local
+    directory or s3:// URI), else random weights of the architecture ``hf_config``."""
+    import transformers
+
+    if spec.get("pretrained", False):
+        if not spec.get("hf_model_name"):
+            raise ValueError(f"{tower} tower: pretrained=true needs 'hf_model_name'")
+        return transformers.AutoModel.from_pretrained(weights_location(spec["hf_model_name"]))
+    if "model_type" not in hf_config:
+        raise ValueError(f"{tower} tower: random init needs 'hf_config' (the architecture, with its model_type)")
+    config = dict(hf_config)
+    return transformers.AutoModel.from_config(transformers.AutoConfig.for_model(config.pop("model_type"), **config))
+
+
 class TextTower(nn.Module):
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
-        import transformers
-
         self.spec = dict(spec)
-        name = spec.get("hf_model_name")
-        if spec.get("pretrained", False):
-            if not name:
-                raise ValueError("text tower: pretrained=true needs 'hf_model_name'")
-            self.encoder = transformers.AutoModel.from_pretrained(weights_location(name))
-        else:
-            if "hf_config" not in spec:
-                raise ValueError("text tower: random init needs 'hf_config' (the architecture)")
-            hf_cfg = dict(spec["hf_config"])
-            model_type = hf_cfg.pop("model_type")
-            if hf_cfg.get("vocab_size") == "tokenizer":  # size the embedding to the tokenizer
-                hf_cfg["vocab_size"] = len(load_tokenizer(tokenizer_name(spec)))
-            config = transformers.AutoConfig.for_model(model_type, **hf_cfg)
-            self.encoder = transformers.AutoModel.from_config(config)
+        hf_cfg = dict(spec.get("hf_config", {}))
+        if hf_cfg.get("vocab_size") == "tokenizer":  # size the embedding to the tokenizer
+            hf_cfg["vocab_size"] = len(load_tokenizer(tokenizer_name(spec)))
+        self.encoder = hf_encoder(spec, "text", hf_cfg)
         self.width = int(self.encoder.config.hidden_size)
         self.use_pooler = bool(spec.get("use_pooler", True)) and getattr(self.encoder, "pooler", None) is not None
 
@@ -68,10 +77,25 @@ class TextTower(nn.Module):
 class VisionTower(nn.Module):
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
+        self.spec = dict(spec)
+        self.hf = "hf_model_name" in spec or "hf_config" in spec
+        if self.hf:
+            self._init_hf(spec)
+        else:
+            self._init_open_clip(spec)
+
+    def _init_hf(self, spec: dict[str, Any]) -> None:
+        """A Hugging Face vision encoder (``AutoModel``: DINOv2, ViT, ...); its pooled output is
+        the pooler's (DINOv2: the layer-normed CLS token)."""
+        self.encoder = hf_encoder(spec, "vision", dict(spec.get("hf_config", {})))
+        self.resnet = False
+        self.width = int(self.encoder.config.hidden_size)
+        self.image_size = int(spec.get("image_size") or self.encoder.config.image_size)  # input, may differ
+
+    def _init_open_clip(self, spec: dict[str, Any]) -> None:
         import open_clip
         from open_clip.model import _build_vision_tower
 
-        self.spec = dict(spec)
         name = spec.get("open_clip_model")
         pretrained = spec.get("pretrained")
         if "vision_cfg" in spec:
@@ -105,6 +129,10 @@ class VisionTower(nn.Module):
         self.image_size = vision_cfg.get("image_size", 224)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hf:
+            out = self.encoder(pixel_values=pixel_values)
+            pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+            return out.last_hidden_state, pooled
         if self.resnet:
             pooled = self.visual(pixel_values)
             return pooled.unsqueeze(1), pooled
@@ -114,7 +142,16 @@ class VisionTower(nn.Module):
 
 def vision_image_size(spec: dict[str, Any]) -> int:
     """The input resolution of a vision tower spec, without building it."""
-    if "vision_cfg" in spec:
+    if "hf_model_name" in spec or "hf_config" in spec:
+        if spec.get("image_size"):  # the input resolution, where it differs from the architecture's
+            size = spec["image_size"]
+        elif "image_size" in spec.get("hf_config", {}):
+            size = spec["hf_config"]["image_size"]
+        else:
+            import transformers
+
+            size = transformers.AutoConfig.from_pretrained(weights_location(spec["hf_model_name"])).image_size
+    elif "vision_cfg" in spec:
         size = spec["vision_cfg"].get("image_size", 224)
     else:
         import open_clip
