@@ -94,12 +94,13 @@ def test_towers_built_partitioned_with_their_weights_and_initialisation(tmp_path
 
 def test_bench_load_holds_half_the_model_per_rank_at_stage_3(tmp_path):
     """A 156M-parameter MMSAIR (two 2-layer BERT-base towers, a ViT-B/32, 594 MB): at ZeRO-3 no
-    rank's memory rises above 0.6 of the model's bytes + 128 MiB while it is built, and each
-    holds at least 0.4 of it (its partitions are measured)."""
+    rank's memory rises above 0.6 of the model's bytes while it is built, and each holds at
+    least 0.4 of it (its partitions are measured). Run from this test process, large after the
+    tests before it: the ranks' figures must be their own."""
     path = tmp_path / "load.json"
     layers = ["model.overrides.text.hf_config.num_hidden_layers=2",
               "model.overrides.sticker_text.hf_config.num_hidden_layers=2"]
     assert cli.main(["-q", "bench", "load", *layers, "--stages", "3", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["rows"]
     construction = next(r for r in rows if r["moment"].startswith("construction"))
-    assert construction["status"] == "PASS" and construction["ratio"] > 0.4, rows
+    assert construction["status"] == "PASS" and 0.4 < construction["ratio"] <= 0.6, rows
