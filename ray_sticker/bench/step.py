@@ -124,15 +124,17 @@ def _plain_variant(inputs, cfg, batch, device, precision: str, total_steps: int,
 
 
 def _engine_variant(inputs, cfg, batch, stage: int, on_gpu: bool, total_steps: int, compiled: bool) -> Variant:
-    """A DeepSpeed engine from the training loop's own setup, stepped as the loop steps it."""
-    from ray_sticker.models.registry import build_from_config
+    """A DeepSpeed engine from the training loop's own setup (ZeRO-3: built partitioned),
+    stepped as the loop steps it."""
     from ray_sticker.train import engine as ds_engine
     from ray_sticker.train.loop import set_seed
 
     staged = cfg.model_copy(deep=True)
     staged.deepspeed.zero_stage = stage
     set_seed(cfg.train.seed)
-    engine, _ = ds_engine.initialize(build_from_config(inputs.model_cfg), staged, total_steps, on_gpu)
+    precision, _ = ds_engine.resolve_precision(staged, on_gpu)
+    model = ds_engine.build_model(inputs.model_cfg, staged, precision, on_gpu)
+    engine, _ = ds_engine.initialize(model, staged, total_steps, on_gpu, precision)
     if compiled:
         engine.compile()
 
