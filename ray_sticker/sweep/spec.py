@@ -274,10 +274,13 @@ def load_sweep(name_or_path: str, **changes: Any) -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        detail = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            detail = "unknown field"
-        raise ConfigError(f"sweep {source}: {field}: {detail}") from None
+        raise one_line_error(exc, f"sweep {source}") from None
+
+
+def one_line_error(exc: ValidationError, where: str) -> ConfigError:
+    """A validation error as one line: ``<where>: <field>: <what is wrong>``."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    detail = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{where}: {field}: {detail}")
 

@@ -23,6 +23,7 @@ first metric is the sweep's. The report (:func:`compare`) takes each trial's las
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ray_sticker import storage
 from ray_sticker.config import ConfigError
-from ray_sticker.sweep.spec import POINT_KEY, ResourcesConfig, SweepSpec, sweeps_dir
+from ray_sticker.sweep.spec import POINT_KEY, ResourcesConfig, SweepSpec, one_line_error, sweeps_dir
 
 TABLES_DIR = "tables"
 PAPERS = ("MMSAIR", "Int-RA", "M2SA", "MDSE", "EIGML")
@@ -132,17 +133,14 @@ def load_table(name_or_path: str) -> TableSpec:
     try:
         return TableSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"table {path}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise one_line_error(exc, f"table {path}") from None
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None below two values)."""
     if not values:
         return None, None
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-    return mean, std
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def compare(table: TableSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
