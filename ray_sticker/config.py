@@ -53,6 +53,17 @@ class DataConfig(_Section):
         default=0.0, ge=0.0, le=1.0, description="with data.augment: probability of erasing a random rectangle of each "
                                                  "train image (MDSE's augmentation), on the worker, seeded like the crop"
     )
+    synonym_replacement: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="EDA's alpha_sr: train texts get data.synonym_variants copies with max(1, alpha * words) words "
+                    "replaced by a synonym (MDSE's text augmentation); each epoch trains on the text or one copy",
+    )
+    synonym_variants: int = Field(default=4, ge=1, le=16, description="synonym-replaced copies per train row")
+    synonyms: str | None = Field(
+        default=None,
+        description="where synonyms come from: WordNet (the WordNet 3.0 dict/ directory, or nltk's "
+                    "corpora/wordnet.zip), a JSON file {word: [synonyms]}, local or s3://, or builtin:synthetic",
+    )
     max_corrupt_fraction: float = Field(
         default=0.01, ge=0.0, le=1.0, description="fail the run when more rows are skipped"
     )
@@ -77,6 +88,12 @@ class DataConfig(_Section):
         default="candidates",
         description="selection: rank each example's candidates (MAP, R@k) or, for two-tower models, the "
                     "whole sticker pool (P@k, mAP with intention relevance, PR curve)",
+    )
+    eval_by: str | None = Field(
+        default=None,
+        description="classification: evaluation also reports accuracy, weighted-F1 and macro-F1 per value of this "
+                    "column of the examples, named <metric>_<value> (M2SA: ds_language, each source corpus "
+                    "as its official code evaluates them)",
     )
     cache_eval: bool = Field(
         default=True,

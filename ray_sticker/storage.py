@@ -275,6 +275,11 @@ def exists(uri: str, s3: S3Options | None = None) -> bool:
     return _info(uri, s3)[2].type != pafs.FileType.NotFound
 
 
+def isdir(uri: str, s3: S3Options | None = None) -> bool:
+    """True if ``uri`` is a directory (or an S3 prefix holding objects)."""
+    return _info(uri, s3)[2].type == pafs.FileType.Directory
+
+
 def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
     """The whole content of a file or object."""
     with _errors(uri, s3):

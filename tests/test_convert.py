@@ -278,7 +278,7 @@ def _train_steps_in_process(cfg) -> int:
     torch.manual_seed(0)
     model = build_from_config(inputs.model_config)
     pool = inputs.load_pool()
-    ds = build_dataset(cfg.data.uri, cfg.data.train_split, inputs.spec)
+    ds = build_dataset(cfg.data.uri, cfg.data.train_split, inputs.train_spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     steps = 0
     for batch in ds.iter_torch_batches(batch_size=cfg.train.batch_size):

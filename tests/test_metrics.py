@@ -207,3 +207,54 @@ def test_pool_relevance_follows_the_intention_annotated_for_the_pair():
     without = {k: v for k, v in batch.items() if k != "label_intent"}  # no annotation: the gold sticker's
     acc.add_pool(without, torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.0]]))
     assert acc.query_stats[1]["hit@1"][0] == 0 and acc.query_stats[1]["ap"][0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_metrics_per_group_match_sklearn_on_each_group():
+    """data.eval_by (M2SA: per language): accuracy / weighted-F1 / macro-F1 of each group's rows,
+    as the official code computes macro-F1 on each language's test set."""
+    import torch
+
+    from ray_sticker.data.pipeline import GROUP_BYTES, encode_texts
+    from ray_sticker.train.evaluation import Evaluation, compute_metrics
+    from ray_sticker.train.metrics import gather_arrays
+
+    rng = np.random.default_rng(0)
+    groups = np.array(rng.choice(["de", "es", "pt-BR", ""], size=120), dtype=object)
+    labels = rng.integers(0, 3, size=120)
+    labels[:5] = -1  # no label for this head: left out, per group too
+    preds = np.where(rng.random(120) < 0.6, labels, rng.integers(0, 3, size=120))
+
+    class Out:  # what a model returns
+        def __init__(self, logits):
+            self.logits, self.predictions, self.unparsed, self.scores = {"sentiment": logits}, {}, None, None
+            self.loss = torch.tensor(0.0)
+
+    acc = Evaluation({"sentiment": 3}, select=False, grouped=True)
+    for i in range(0, 120, 32):  # batches as the loop sees them
+        sl = slice(i, i + 32)
+        batch = {"label_sentiment": torch.tensor(labels[sl]),
+                 "group_bytes": torch.tensor(encode_texts(list(groups[sl]), GROUP_BYTES))}
+        acc.add(batch, Out(torch.nn.functional.one_hot(torch.tensor(preds[sl]).clamp(min=0), 3).float()))
+    metrics, _ = compute_metrics(gather_arrays(acc.local_arrays()), {"sentiment": 3})
+    keep = labels >= 0
+    for value, name in (("de", "de"), ("es", "es"), ("pt-BR", "pt-BR"), ("", "missing")):
+        rows = keep & (groups == value)
+        y, p = labels[rows], preds[rows]
+        assert metrics[f"sentiment_examples_{name}"] == metrics[f"examples_{name}"] == rows.sum()
+        assert metrics[f"macro_f1_{name}"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+        assert metrics[f"sentiment_weighted_f1_{name}"] == pytest.approx(
+            f1_score(y, p, average="weighted", zero_division=0))
+        assert metrics[f"accuracy_{name}"] == pytest.approx(accuracy_score(y, p))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(labels[keep], preds[keep], average="macro"))
+    # A rank that saw no rows still sends (empty) group arrays, so the gather lines up.
+    assert Evaluation({"sentiment": 3}, select=False, grouped=True).local_arrays()["group_sentiment"].size == 0
+
+
+def test_groups_that_name_the_same_metric_are_an_error():
+    from ray_sticker.data.pipeline import DataQualityError
+    from ray_sticker.train.evaluation import compute_metrics
+
+    full = {"rows": np.array([2]), "loss_sum": np.array([0.0]), "label_sentiment": np.array([0, 1]),
+            "pred_sentiment": np.array([0, 1]), "group_sentiment": np.array(["pt BR", "pt/BR"], dtype=object)}
+    with pytest.raises(DataQualityError, match="'pt BR' and 'pt/BR' both name metrics '_pt_BR'"):
+        compute_metrics(full, {"sentiment": 3})

@@ -222,7 +222,11 @@ def test_check_inputs_on_a_good_dataset_and_a_missing_one(tmp_path):
     _write_dataset(uri)
     inputs = check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}", "data.synthetic_if_missing=false"]))
     assert inputs.train_rows == 36 and inputs.model_config["heads"] == {"sentiment": 3}
-    assert inputs.spec.columns() == ["example_id", "context", "image", "sentiment"]
+    assert inputs.spec.columns() == ["example_id", "context", "image", "sentiment", "language"]  # data.eval_by
+    with pytest.raises(schema.SchemaError, match="ds_language"):  # a group column the dataset lacks
+        check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}", "data.eval_by=ds_language"]))
+    with pytest.raises(ValueError, match="data.eval_by='language': metrics per group are for classification"):
+        check_inputs(load_config("eigml-tiny", [f"data.uri={tmp_path / 'select'}", "data.eval_by=language"]))
     with pytest.raises(FileNotFoundError, match="ray-sticker prepare"):
         check_inputs(load_config("m2sa-tiny", [f"data.uri={tmp_path / 'none'}", "data.synthetic_if_missing=false"]))
     with pytest.raises(ValueError, match="has no split 'dev'"):
@@ -237,6 +241,22 @@ def test_check_inputs_on_a_good_dataset_and_a_missing_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="ray-sticker prepare"):
         check_inputs(load_config("m2sa-tiny", [f"data.uri={missing}"]), split="test")
     assert not missing.exists()
+
+
+def test_group_values_travel_as_bytes_and_a_too_long_one_fails(rows):
+    from ray_sticker.data.pipeline import GROUP_BYTES, decode_texts
+
+    spec = PreprocessSpec(labels=(("sentiment", 3),), tokenizer=TINY_TOKENIZER, max_text_length=LENGTH,
+                          image_size=SIZE, group_column="language")
+    assert spec.columns()[-1] == "language" and spec.row_bytes() == SPEC.row_bytes() + GROUP_BYTES
+    batch = _batch(rows)
+    batch["language"] = np.array(["en", None, "pt-BR"] * 4, dtype=object)
+    out = preprocess_batch(batch, spec)
+    assert out["group_bytes"].shape == (12, GROUP_BYTES) and out["group_bytes"].dtype == np.uint8
+    assert decode_texts(out["group_bytes"])[:3] == ["en", "", "pt-BR"]
+    batch["language"][5] = "x" * (GROUP_BYTES + 1)
+    with pytest.raises(DataQualityError, match=f"example syn-000005: language='x+' is longer than {GROUP_BYTES}"):
+        preprocess_batch(batch, spec)
 
 
 def test_an_empty_batch_gives_empty_arrays(rows):

@@ -55,6 +55,21 @@ def test_rows_and_seeds_become_points_and_the_comparison_averages_the_seeds():
     assert "w/o SAMM (1/2 trials)" in text
 
 
+def test_a_metric_by_group_gets_a_column_per_group():
+    """M2SA's per-language table: <metric>_<group> of each trial, averaged over the seeds."""
+    table = _table(metrics={"val_macro_f1": "F1"}, by_group="val_macro_f1", rows=[{"label": "X-SM+C"}])
+    rows = [{POINT_KEY: 0, "status": "TERMINATED", "val_macro_f1": 0.6, "val_macro_f1_de": 0.5, "val_macro_f1_en": 0.7},
+            {POINT_KEY: 1, "status": "TERMINATED", "val_macro_f1": 0.8, "val_macro_f1_de": 0.7}]
+    (line,) = compare(table, rows)
+    assert line["val_macro_f1@de:measured"] == pytest.approx(60.0) and line["val_macro_f1@de:std"] > 0
+    assert line["val_macro_f1@en:measured"] == pytest.approx(70.0) and line["val_macro_f1@en:std"] is None
+    assert "| # | row | de | en |" in markdown(table, [line], True, "here")
+    assert "| 1 | X-SM+C | 60.00 ± 14.14 | 70.00 |" in markdown(table, [line], True, "here")
+    assert load_table("m2sa-table").by_group == "val_macro_f1"
+    with pytest.raises(ValueError, match="by_group 'val_f1' is not among the metrics"):
+        _table(by_group="val_f1")
+
+
 def test_bad_tables_and_rows_are_refused():
     with pytest.raises(ValueError, match="paper 'X' is none of"):
         _table(paper="X")

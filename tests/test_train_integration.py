@@ -40,6 +40,9 @@ def test_zero2_from_s3_checkpoints_in_bucket_and_resume(ray_cluster, s3_env, s3_
     assert final["world_size"] == 2 and final["zero_stage"] == 2
     assert final["val_examples"] == 300  # the whole validation split, gathered over both ranks
     assert final["val_accuracy"] > 0.5, final  # chance 1/3
+    # data.eval_by=language: the metrics per language, over both ranks' rows
+    assert sum(final[f"val_examples_{lang}"] for lang in ("en", "es", "de")) == 300
+    assert all(0 < final[f"val_macro_f1_{lang}"] <= 1 for lang in ("en", "es", "de")), final
     assert final["samples_per_s"] > 0 and 0 <= final["data_wait_fraction"] <= 1
 
     run_dir = f"{runs}/e2e"
@@ -76,6 +79,7 @@ def test_zero2_from_s3_checkpoints_in_bucket_and_resume(ray_cluster, s3_env, s3_
     metrics = evaluate_export(second.export_uri, split="test")
     assert metrics["examples"] == 300
     assert metrics["sentiment_accuracy"] > 0.7, metrics
+    assert metrics["examples_de"] == 100 and metrics["sentiment_macro_f1_de"] > 0.5, metrics
 
 
 def test_zero3_partitions_parameters_and_skips_corrupt_rows(ray_cluster, tmp_path, monkeypatch):

@@ -11,7 +11,9 @@ their input's ``max_length`` are cut, and counted per row in ``truncated``.
 What a batch holds is declared by the model config (``models/output.py``): several text
 inputs, optional labels, and for selection the candidates' rows in the sticker pool
 (``candidate_idx``), the positive's position (``target``) and, for sets drawn rather than
-stored, the key by which training redraws them (``candidate_key``). The pool itself — decoded
+stored, the key by which training redraws them (``candidate_key``). With ``group_column`` each row also carries that column's value as UTF-8
+bytes (``group_bytes``, ``GROUP_BYTES`` wide), by which evaluation reports metrics per group
+(M2SA: per language). The pool itself — decoded
 sticker images and tokenized sticker texts — is loaded once per worker by
 :func:`load_sticker_pool`; the training loop gathers each batch's candidates from it.
 """
@@ -30,10 +32,12 @@ import pyarrow.dataset as pads
 from ray_sticker import storage
 from ray_sticker.data import schema
 from ray_sticker.data.images import ImageDecodeError, decode_image, eval_transform
+from ray_sticker.data.synonyms import SynonymSpec
 
 log = logging.getLogger(__name__)
 
 SKIP_OK = 0
+GROUP_BYTES = 32  # bytes of a group value (evaluation per group): language codes, dataset names
 SKIP_REASONS = {1: "corrupt image", 2: "missing image", 3: "label outside the label map", 4: "missing label",
                 5: "unknown sticker id", 6: "positive not among the candidates", 7: "wrong number of candidates"}
 
@@ -85,6 +89,8 @@ class PreprocessSpec:
     num_candidates: int = 0
     sticker_ids: tuple[str, ...] = ()
     seed: int = 0
+    group_column: str | None = None  # evaluation reports metrics per value of this column
+    synonyms: SynonymSpec | None = None  # train split: replaced copies of each text (data/synonyms.py)
 
     def __post_init__(self) -> None:
         if self.tokenizer and not self.texts:
@@ -103,13 +109,16 @@ class PreprocessSpec:
     def row_bytes(self) -> int:
         """Bytes of one preprocessed row (what a cached split holds per row)."""
         n = 2 + 8 * len(self.labels + self.aux_labels)  # skip + truncated, labels
+        copies = 1 + (self.synonyms.variants if self.synonyms else 0)
         for t in self.texts:
-            per_text = t.max_length if t.raw else 16 * t.max_length  # bytes, or int64 ids + mask
+            per_text = t.max_length if t.raw else 16 * t.max_length * copies  # bytes, or int64 ids + mask
             n += per_text * (len(t.columns) if t.separate or t.raw else 1)
         if self.select:
             n += 8 * (self.num_candidates + 2)  # candidate_idx, target, candidate_key
         elif self.use_image:
             n += 3 * self.image_size * self.image_size
+        if self.group_column:
+            n += GROUP_BYTES
         return n
 
     def columns(self) -> list[str]:
@@ -121,6 +130,8 @@ class PreprocessSpec:
         if self.select:
             cols += ["sticker_id", "candidate_ids"]
         cols += [name for name, _ in self.labels + self.aux_labels if name not in cols]
+        if self.group_column and self.group_column not in cols:
+            cols.append(self.group_column)
         return cols
 
 
@@ -211,10 +222,12 @@ def _tokenize(tok, texts: list[str], max_length: int) -> tuple[dict[str, np.ndar
     return out, long
 
 
-def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], n: int
-                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], n: int,
+                    synonyms: SynonymSpec | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Token ids and masks of every text input (raw inputs: their bytes; see :class:`TextInput`),
-    and per row how many of its texts were cut at their input's ``max_length``."""
+    and per row how many of its texts were cut at their input's ``max_length``. With
+    ``synonyms``, each tokenized input also gets ``synonym_<ids key>``/``synonym_<mask key>``
+    ``(B, V, ...)``: its ``V`` copies with synonyms replaced (data/synonyms.py)."""
     from ray_sticker.data.text import load_tokenizer
 
     out: dict[str, np.ndarray] = {}
@@ -230,17 +243,33 @@ def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], 
         tok = load_tokenizer(t.tokenizer)
         sep = tok.sep_token or "|"
         per_column = [[_as_text(v, f" {sep} ") or t.default for v in batch[c]] for c in t.columns]
-        if t.separate:  # row-major (n, C)
-            flat = [per_column[c][i] for i in range(n) for c in range(len(t.columns))]
-        else:
-            flat = [f" {sep} ".join(p for p in (col[i] for col in per_column) if p) or t.default for i in range(n)]
-        enc, cut = _tokenize(tok, flat, t.max_length)
-        shape = (n, len(t.columns), t.max_length) if t.separate else (n, t.max_length)
-        ids_key, mask_key = t.keys
-        out[ids_key] = enc["input_ids"].astype(np.int64).reshape(shape)
-        out[mask_key] = enc["attention_mask"].astype(np.int64).reshape(shape)
-        truncated += cut.reshape(n, len(t.columns) if t.separate else 1).sum(axis=1)
+        copies = [per_column] + [_replaced(per_column, batch["example_id"], synonyms, seed, v)
+                                 for v in range(1, 1 + (synonyms.variants if synonyms else 0))]
+        encoded = []
+        for columns in copies:
+            if t.separate:  # row-major (n, C)
+                flat = [columns[c][i] for i in range(n) for c in range(len(t.columns))]
+            else:
+                flat = [f" {sep} ".join(p for p in (col[i] for col in columns) if p) or t.default for i in range(n)]
+            enc, cut = _tokenize(tok, flat, t.max_length)
+            shape = (n, len(t.columns), t.max_length) if t.separate else (n, t.max_length)
+            if not encoded:  # the row's own text (its synonym copies are not counted again)
+                truncated += cut.reshape(n, len(t.columns) if t.separate else 1).sum(axis=1)
+            encoded.append([enc[k].astype(np.int64).reshape(shape) for k in ("input_ids", "attention_mask")])
+        for i, key in enumerate(t.keys):
+            out[key] = encoded[0][i]
+            if len(encoded) > 1:
+                out[f"synonym_{key}"] = np.stack([e[i] for e in encoded[1:]], axis=1)  # (B, V, ...)
     return out, np.minimum(truncated, 127).astype(np.int8)
+
+
+def _replaced(columns: list[list[str]], example_ids, spec: SynonymSpec, seed: int, variant: int) -> list[list[str]]:
+    """Copy ``variant`` of each column's texts with synonyms replaced, seeded per (seed, example, variant)."""
+    from ray_sticker.data.synonyms import load_synonyms, replace_synonyms, variant_seed
+
+    table = load_synonyms(spec.uri)
+    rngs = [np.random.default_rng(variant_seed(seed, str(e), variant)) for e in example_ids]
+    return [[replace_synonyms(text, table, spec.alpha, rng) for text, rng in zip(col, rngs)] for col in columns]
 
 
 def _labels(raw, num_classes: int, skip: np.ndarray, required: bool) -> np.ndarray:
@@ -318,11 +347,24 @@ def preprocess_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict
                 continue
             pixels[i] = eval_transform(img, size)
         out["pixel_values"] = pixels
-    tokens, truncated = tokenize_inputs(batch, spec.texts, n)
+    tokens, truncated = tokenize_inputs(batch, spec.texts, n, spec.synonyms, spec.seed)
     out.update(tokens)
+    if spec.group_column:
+        out["group_bytes"] = _group_bytes(batch, spec.group_column)
     out["skip"] = skip
     out["truncated"] = truncated
     return out
+
+
+def _group_bytes(batch: dict[str, np.ndarray], column: str) -> np.ndarray:
+    """Each row's group value as bytes; a missing value is the empty group. A value too long to
+    travel whole fails (two long values cut alike would merge their groups)."""
+    values = ["" if v is None else str(v) for v in batch[column]]
+    for i, v in enumerate(values):
+        if len(v.encode("utf-8")) > GROUP_BYTES:
+            raise DataQualityError(f"example {batch['example_id'][i]}: {column}={v!r} is longer than "
+                                   f"{GROUP_BYTES} bytes, too long to evaluate per {column} (data.eval_by)")
+    return encode_texts(values, GROUP_BYTES)
 
 
 def build_dataset(uri: str, split: str, spec: PreprocessSpec, batch_size: int = 64):

@@ -47,8 +47,9 @@ QUESTIONS = ["what", "why", "how", "where"]
 THANKS = ["thanks", "cheers", "grateful"]
 APOLOGIES = ["sorry", "oops", "apologies"]
 VOCABULARY = POSITIVE + NEGATIVE + NEUTRAL + FILLER + ASSERTIONS + QUESTIONS + THANKS + APOLOGIES
+LANGUAGES = ["en", "es", "de"]  # cycled through by the classification rows (metrics per language)
 # Version of the generators: a cached dataset of an older version is regenerated.
-VERSION = "2"
+VERSION = "3"
 
 
 def with_cues(rng: np.random.Generator, cues: list[str], filler: list[str] = FILLER, lo: int = 4,
@@ -114,7 +115,7 @@ def classify_rows(num_rows: int, seed: int = 0, image_size: int = 48,
             image = b"not an image" + image[: int(rng.integers(0, 32))]
         rows["example_id"].append(f"syn-{i:06d}")
         rows["split"].append(names[int(np.searchsorted(bounds, i, side="right"))])
-        rows["language"].append("en")
+        rows["language"].append(LANGUAGES[i % len(LANGUAGES)])
         rows["context"].append([_text(rng, t, act)])
         rows["image"].append(image)
         rows["sticker_text"].append(str(rng.choice(APOLOGIES if apology else THANKS)))

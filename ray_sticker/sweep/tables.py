@@ -18,6 +18,8 @@ A table definition is data, ``tuning/tables/<name>.yaml``::
 
 Each (row, seed) is one point of the sweep (``train.seed`` and the row's overrides); the
 first metric is the sweep's. The report (:func:`compare`) takes each trial's last epoch.
+``by_group: val_macro_f1`` also reports that metric per value of the config's ``data.eval_by``
+column (M2SA's per-language table), a column per group.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class TableSpec(_Section):
     mode: str = Field(default="max", pattern="^(max|min)$")
     seeds: list[int] = Field(default_factory=lambda: [42])
     overrides: list[str] = Field(default_factory=list, description="dotted overrides for every row")
+    by_group: str | None = Field(default=None, description="a metric also reported per value of data.eval_by "
+                                                            "(measured as <metric>_<value>), a column per group")
     rows: list[TableRow]
 
     @model_validator(mode="after")
@@ -75,6 +79,8 @@ class TableSpec(_Section):
                 raise ValueError(f"row '{row.label}': published {unknown} are not among the metrics {list(self.metrics)}")
             if "train.seed" in row.overrides:
                 raise ValueError(f"row '{row.label}': the seeds are the table's `seeds`, not a row override")
+        if self.by_group is not None and self.by_group not in self.metrics:
+            raise ValueError(f"by_group '{self.by_group}' is not among the metrics {list(self.metrics)}")
         labels = [r.label for r in self.rows]
         if len(set(labels)) != len(labels):
             raise ValueError("row labels must differ")
@@ -149,18 +155,33 @@ def compare(table: TableSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     finished trials of the row. ``rows`` are the sweep's result rows (their ``point``)."""
     per_point = {r.get(POINT_KEY): r for r in rows if r.get("status") == "TERMINATED"}
     seeds = len(table.seeds)
+    groups = group_names(table, list(per_point.values()))
     out = []
     for i, row in enumerate(table.rows):
         trials = [per_point[p] for p in range(i * seeds, (i + 1) * seeds) if p in per_point]
         line: dict[str, Any] = {"row": i + 1, "label": row.label, "trials": len(trials)}
         for key in table.metrics:
-            values = [float(t[key]) * table.scale for t in trials if isinstance(t.get(key), (int, float))]
-            mean, std = _stats(values)
+            mean, std = _stats(_values(table, trials, key))
             published = row.published.get(key)
             line.update({f"{key}:measured": mean, f"{key}:std": std, f"{key}:published": published,
                          f"{key}:diff": mean - published if mean is not None and published is not None else None})
+        for group in groups:
+            mean, std = _stats(_values(table, trials, f"{table.by_group}_{group}"))
+            line.update({f"{table.by_group}@{group}:measured": mean, f"{table.by_group}@{group}:std": std})
         out.append(line)
     return out
+
+
+def _values(table: TableSpec, trials: list[dict[str, Any]], key: str) -> list[float]:
+    return [float(t[key]) * table.scale for t in trials if isinstance(t.get(key), (int, float))]
+
+
+def group_names(table: TableSpec, trials: list[dict[str, Any]]) -> list[str]:
+    """The groups of ``table.by_group`` found in the trials' metrics (``<metric>_<group>``), sorted."""
+    if table.by_group is None:
+        return []
+    prefix = f"{table.by_group}_"
+    return sorted({k[len(prefix):] for t in trials for k in t if k.startswith(prefix)})
 
 
 def _cell(value: float | None, std: float | None = None, signed: bool = False) -> str:
@@ -187,6 +208,14 @@ def markdown(table: TableSpec, lines: list[dict[str, Any]], tiny: bool, where: s
             cells += [_cell(line[f"{key}:measured"], line[f"{key}:std"]), _cell(line[f"{key}:published"]),
                       _cell(line[f"{key}:diff"], signed=True)]
         out.append("| " + " | ".join(cells) + " |")
+    prefix = f"{table.by_group}@"
+    groups = [k[len(prefix):-len(":measured")] for k in lines[0] if k.startswith(prefix) and k.endswith(":measured")]
+    if groups:
+        out += ["", f"{table.metrics[table.by_group]} per group (data.eval_by), measured:", "",
+                "| # | row | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
+        for line in lines:
+            out.append(f"| {line['row']} | {line['label']} | " + " | ".join(
+                _cell(line[f"{table.by_group}@{g}:measured"], line[f"{table.by_group}@{g}:std"]) for g in groups) + " |")
     return "\n".join(out) + "\n"
 
 

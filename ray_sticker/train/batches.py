@@ -59,12 +59,14 @@ def prepare_train_batch(batch: dict[str, torch.Tensor], pool: dict[str, torch.Te
     """What training adds to a usable batch: its candidates from the pool (selection; redrawn
     for the epoch where ``data.train_negatives`` says so) and, with ``data.augment``, a random
     resized crop and flip of its images, the candidate stickers' included, then random erasing
-    with probability ``data.random_erasing`` (train/augment.py)."""
+    with probability ``data.random_erasing`` (train/augment.py); with ``data.synonym_replacement``,
+    each row's text or one of its synonym-replaced copies (:func:`pick_text_copies`)."""
     from ray_sticker.train.augment import random_erasing, random_resized_crop_flip
 
     if pool is not None:
         redraw = (cfg.train.seed, epoch) if cfg.data.train_negatives == "per_epoch" else None
         batch = attach_candidates(batch, pool, redraw)
+    pick_text_copies(batch, generator)
     if cfg.data.augment:
         for key in ("pixel_values", "candidate_pixel_values"):
             if key in batch:  # candidates (B, K, 3, H, W): each sticker cropped on its own
@@ -74,6 +76,23 @@ def prepare_train_batch(batch: dict[str, torch.Tensor], pool: dict[str, torch.Te
                     flat = random_erasing(flat, generator, cfg.data.random_erasing)
                 batch[key] = flat.reshape(pixels.shape)
     return batch
+
+
+def pick_text_copies(batch: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    """Per row, uniformly among its text and its ``V`` synonym copies (``synonym_<key>``
+    ``(B, V, ...)``, data/synonyms.py), as EDA trains on the original and its augmented copies;
+    the copies leave the batch."""
+    keys = [k for k in batch if k.startswith("synonym_")]
+    if not keys:
+        return
+    b, v = batch[keys[0]].shape[:2]
+    choice = torch.randint(0, v + 1, (b,), generator=generator, device=generator.device)  # 0: the text itself
+    for key in keys:
+        copies = batch.pop(key)
+        own = batch[key[len("synonym_"):]]
+        picked = copies[torch.arange(b, device=copies.device), (choice - 1).clamp(min=0).to(copies.device)]
+        use = (choice > 0).to(copies.device).view(b, *[1] * (own.dim() - 1))
+        batch[key[len("synonym_"):]] = torch.where(use, picked, own)
 
 
 def _redraw(batch: dict[str, torch.Tensor], keys: torch.Tensor, pool_size: int, seed: int, epoch: int) -> None:

@@ -3,7 +3,8 @@ rank its shard, the metrics gathered) and ``ray-sticker evaluate`` (one process,
 split), with the same skip accounting and thresholds; then metrics and plots.
 
 - classification heads: accuracy, weighted-F1, macro-F1 and a confusion matrix per head
-  (rows with label -1 are left out of that head);
+  (rows with label -1 are left out of that head), and with ``data.eval_by`` the three per
+  value of that column (``<metric>_<value>``, e.g. M2SA's ``macro_f1_de``);
 - selection among candidates: MAP (mean 1/rank of the positive) and R{K}@1/2/5;
 - selection over the whole sticker pool (two-tower models, ``data.eval_candidates: pool``):
   P@1/3/5 (a relevant sticker in the top N), precision@N, mAP and the interpolated PR curve,
@@ -14,13 +15,14 @@ split), with the same skip accounting and thresholds; then metrics and plots.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import numpy as np
 import torch
 
 from ray_sticker.config import ConfigError, ExperimentConfig
-from ray_sticker.data.pipeline import DataQualityError
+from ray_sticker.data.pipeline import DataQualityError, decode_texts
 from ray_sticker.train import metrics as M
 from ray_sticker.train.batches import SkipCounter, attach_candidates, keep_usable
 
@@ -41,7 +43,8 @@ def evaluate(runner, split, cfg: ExperimentConfig, batch_size: int, device: torc
         raise ConfigError(f"data.eval_candidates=pool needs a two-tower model (embed_queries/embed_stickers); "
                           f"'{cfg.model.name}' scores candidates jointly: use eval_candidates=candidates")
     acc = Evaluation(heads, select=pool is not None,
-                     pool_relevance=pool["intent"].cpu().numpy() if full_pool else None)
+                     pool_relevance=pool["intent"].cpu().numpy() if full_pool else None,
+                     grouped=cfg.data.eval_by is not None)
     skips = SkipCounter()
     collective = M.distributed() is not None
     it = iter(split.iter_torch_batches(batch_size=batch_size, device=device, drop_last=False))
@@ -119,12 +122,15 @@ class Evaluation:
     """Accumulates one rank's predictions; :meth:`local_arrays` go through ``gather_arrays``
     and :func:`compute_metrics` turns the gathered arrays into metrics."""
 
-    def __init__(self, heads: dict[str, int], select: bool, pool_relevance: np.ndarray | None = None):
+    def __init__(self, heads: dict[str, int], select: bool, pool_relevance: np.ndarray | None = None,
+                 grouped: bool = False):
         self.heads = heads
+        self.grouped = grouped  # data.eval_by: batches carry group_bytes
         self.select = select
         self.pool_relevance = pool_relevance  # (N,) relevance class of each pool sticker (intention)
         self.preds: dict[str, list[np.ndarray]] = {h: [] for h in heads}
         self.labels: dict[str, list[np.ndarray]] = {h: [] for h in heads}
+        self.groups: dict[str, list[np.ndarray]] = {h: [] for h in heads}  # with data.eval_by
         self.scores: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
         self.query_stats: list[dict[str, np.ndarray]] = []
@@ -144,6 +150,8 @@ class Evaluation:
             pred = out.predictions[h] if h in out.predictions else out.logits[h].argmax(-1)
             self.preds[h].append(pred.cpu().numpy()[keep])
             self.labels[h].append(labels[keep])
+            if self.grouped:
+                self.groups[h].append(np.array(decode_texts(batch["group_bytes"]), dtype=object)[keep])
         if out.unparsed is not None:
             self.unparsed += int(out.unparsed.sum().item())
         if self.select and out.scores is not None:
@@ -172,6 +180,8 @@ class Evaluation:
         for h in self.heads:
             out[f"pred_{h}"] = cat(self.preds[h], np.int64)
             out[f"label_{h}"] = cat(self.labels[h], np.int64)
+            if self.grouped:
+                out[f"group_{h}"] = cat(self.groups[h], object)
         if self.select:
             k = self.scores[0].shape[1] if self.scores else 0
             out["scores"] = np.concatenate(self.scores) if self.scores else np.zeros((0, k), np.float32)
@@ -205,12 +215,16 @@ def compute_metrics(full: dict[str, np.ndarray], heads: dict[str, int]) -> tuple
         if labels.size == 0:
             continue
         metrics.update({f"{h}_{k}": v for k, v in M.classification_metrics(labels, preds, n).items()})
+        if f"group_{h}" in full:
+            metrics.update(_per_group(h, full[f"group_{h}"], labels, preds, n))
         read = preds >= 0  # -1: a generative model's answer named no class (counted wrong above)
         artifacts[f"confusion_{h}"] = M.confusion_matrix(labels[read], preds[read], n)
     evaluated = [h for h in heads if f"{h}_accuracy" in metrics]
-    for k in ("accuracy", "weighted_f1", "macro_f1"):
-        if evaluated:
-            metrics[k] = metrics[f"{evaluated[0]}_{k}"]
+    if evaluated:  # the first head's figures under short names, per group too
+        first = f"{evaluated[0]}_"
+        metrics.update({k[len(first):]: v for k, v in list(metrics.items())
+                        if k.startswith(first) and k[len(first):].startswith(GROUP_METRICS + ("examples_",))})
+    for k in GROUP_METRICS:
         if len(evaluated) > 1:  # joint models (sentiment + intent): one figure to tune loss weights on
             metrics[f"mean_{k}"] = float(np.mean([metrics[f"{h}_{k}"] for h in evaluated]))
     if "scores" in full and full["scores"].size:
@@ -220,6 +234,30 @@ def compute_metrics(full: dict[str, np.ndarray], heads: dict[str, int]) -> tuple
         metrics.update({f"pool_{k}": v for k, v in M.summarize_retrieval(pool).items()})
         artifacts["pr_curve"] = M.pr_curve(pool)
     return metrics, artifacts
+
+
+GROUP_METRICS = ("accuracy", "weighted_f1", "macro_f1")
+
+
+def group_name(value: str) -> str:
+    """A group value as a metric-name suffix: letters, digits, '.', '-' and '_' kept, the rest
+    '_'; the empty value (missing in the data) is 'missing'."""
+    return re.sub(r"[^0-9A-Za-z_.-]", "_", value) if value else "missing"
+
+
+def _per_group(head: str, groups: np.ndarray, labels: np.ndarray, preds: np.ndarray, n: int) -> dict[str, float]:
+    """``<head>_<metric>_<group>`` and ``<head>_examples_<group>`` for each group value."""
+    out: dict[str, float] = {}
+    names: dict[str, str] = {}
+    for value in sorted(set(groups.tolist())):
+        name = group_name(value)
+        if names.setdefault(name, value) != value:
+            raise DataQualityError(f"data.eval_by: groups {names[name]!r} and {value!r} both name metrics '_{name}'")
+        rows = groups == value
+        scores = M.classification_metrics(labels[rows], preds[rows], n)
+        out.update({f"{head}_{k}_{name}": scores[k] for k in GROUP_METRICS})
+        out[f"{head}_examples_{name}"] = int(rows.sum())
+    return out
 
 
 def save_plots(run_dir: str, artifacts: dict[str, Any], label_maps: dict[str, list[str]], title: str

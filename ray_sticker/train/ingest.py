@@ -28,7 +28,7 @@ def cache_train(inputs: RunInputs) -> bool:
     import ray
 
     store = ray.cluster_resources().get("object_store_memory", 0.0)
-    size = inputs.train_rows * inputs.spec.row_bytes()
+    size = inputs.train_rows * inputs.train_spec.row_bytes()
     log.info("train split: %d rows, %.1f MB preprocessed; object store %.1f MB: %s", inputs.train_rows,
              size / 1e6, store / 1e6, "cached after one pass" if size < store / 4 else "streamed every epoch")
     return size < store / 4
@@ -38,7 +38,8 @@ def run_datasets(inputs: RunInputs) -> dict:
     """The ``train`` and ``validation`` Ray Datasets of a run (Ray must be connected)."""
     cfg = inputs.cfg
     datasets = {
-        TRAIN: build_dataset(cfg.data.uri, cfg.data.train_split, inputs.spec, batch_size=cfg.data.preprocess_batch_size),
+        TRAIN: build_dataset(cfg.data.uri, cfg.data.train_split, inputs.train_spec,
+                             batch_size=cfg.data.preprocess_batch_size),
         VALIDATION: build_dataset(cfg.data.uri, cfg.data.eval_split, inputs.spec,
                                   batch_size=cfg.data.preprocess_batch_size),
     }

@@ -11,7 +11,7 @@ storage/schema error that names the URI).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ray_sticker.config import ConfigError, ExperimentConfig
@@ -23,6 +23,7 @@ from ray_sticker.data.pipeline import (
     load_sticker_pool,
     read_sticker_ids,
 )
+from ray_sticker.data.synonyms import SynonymSpec, load_synonyms
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +43,14 @@ class RunInputs:
     model_config: dict[str, Any]
     spec: PreprocessSpec
     pool: PoolSpec | None  # selection: what the model needs of each sticker
+
+    @property
+    def train_spec(self) -> PreprocessSpec:
+        """The train split's spec: ``spec`` with synonym replacement where the config asks for it."""
+        data = self.cfg.data
+        if data.synonym_replacement == 0:
+            return self.spec
+        return replace(self.spec, synonyms=SynonymSpec(data.synonyms, data.synonym_replacement, data.synonym_variants))
 
     @property
     def sticker_ids(self) -> tuple[str, ...]:
@@ -190,6 +199,7 @@ def preprocess_spec(cfg: ExperimentConfig, model_cfg: dict[str, Any], manifest: 
         num_candidates=num_candidates(cfg, manifest) if select else 0,
         sticker_ids=tuple(sticker_ids),
         seed=cfg.train.seed,
+        group_column=cfg.data.eval_by,
     )
 
 
@@ -238,6 +248,13 @@ def _scan(where: str, missing: str) -> shards.Table:
         raise FileNotFoundError(missing) from None
 
 
+def _check_synonyms(cfg: ExperimentConfig) -> None:
+    if not cfg.data.synonyms:
+        raise ConfigError(f"data.synonym_replacement={cfg.data.synonym_replacement} needs data.synonyms: a WordNet "
+                          f"database directory or a JSON file of synonyms")
+    load_synonyms(cfg.data.synonyms)  # readable, and not empty
+
+
 def _check_training_rows(cfg: ExperimentConfig, manifest: schema.Manifest) -> None:
     rows = manifest.splits[cfg.data.train_split]
     if rows < cfg.train.num_workers:
@@ -260,6 +277,11 @@ def check_inputs(cfg: ExperimentConfig, model_config: dict[str, Any] | None = No
         raise ConfigError(f"data.image_size={cfg.data.image_size} but model '{cfg.model.name}' takes {size} px images")
     if split is None:
         check_pretrained(cfg, model_cfg)
+    if split is None and cfg.data.synonym_replacement > 0:
+        _check_synonyms(cfg)
+    if cfg.data.eval_by and cfg.task != "classify":
+        raise ConfigError(f"data.eval_by={cfg.data.eval_by!r}: metrics per group are for classification; "
+                          f"the config's task is '{cfg.task}'")
     # Evaluation reads the dataset it is given; only a training run may write the synthetic one.
     manifest = ensure_dataset(cfg) if split is None else schema.read_manifest(cfg.data.uri)
     if manifest.task != cfg.task:
