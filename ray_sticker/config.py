@@ -143,7 +143,9 @@ class TrainConfig(_Section):
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     seed: int = 42
-    num_workers: int = Field(default=2, gt=0)
+    num_workers: int = Field(default=2, ge=0, description="Ray Train workers (ranks); 0: local mode, the loop "
+                                                         "runs in the driver's process as the only rank, for "
+                                                         "debugging and quick checks (Ray Data still streams)")
     cpus_per_worker: float = Field(default=0.5, gt=0)
     use_gpu: bool = False
     storage_path: str = Field(

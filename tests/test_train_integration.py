@@ -1,6 +1,7 @@
 """End to end on the real components: Ray Data, Ray Train workers with DeepSpeed ZeRO,
 a real S3 server (SeaweedFS) for the dataset and the run storage."""
 
+import logging
 import math
 import os
 import re
@@ -187,3 +188,26 @@ def test_early_stopping_exports_the_best_epochs_model(ray_cluster, tmp_path):
     exported = evaluate_export(result.export_uri, split="validation")
     assert exported["loss"] == pytest.approx(result.history[0]["val_loss"], rel=1e-5)
     assert exported["loss"] != pytest.approx(result.history[1]["val_loss"], rel=1e-5)  # not the last epoch's
+
+
+def test_local_mode_runs_the_loop_in_this_process_as_one_worker_would(ray_cluster, tmp_path, caplog):
+    """``train.num_workers=0`` (Ray Train's local mode): the same loop in this process gives the
+    metrics of one Ray Train worker; the loop keeps the checkpoints itself (pruned to
+    ``train.checkpoints_to_keep``), resumes from them, and reports each epoch to the callbacks."""
+    data = str(tmp_path / "data")
+    make_classify_dataset(data, num_rows=400, image_size=32, seed=4)
+    common = [f"data.uri={data}", f"train.storage_path={tmp_path / 'runs'}", "train.checkpoints_to_keep=1"]
+    worker = run_training(_tiny("m2sa-tiny", *common, "train.epochs=1", "train.num_workers=1", "train.run_name=w"))
+    with caplog.at_level(logging.INFO, logger="ray_sticker.progress"):
+        local = run_training(_tiny("m2sa-tiny", *common, "train.epochs=1", "train.num_workers=0", "train.run_name=l"))
+    for key in ("global_step", "train_loss", "val_loss", "val_accuracy", "train_samples"):
+        assert local.final[key] == pytest.approx(worker.final[key], rel=1e-5), key
+    assert local.final["world_size"] == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "ray_sticker.progress"]
+    assert any(re.match(r"l epoch 1/1 step \d+ \| loss", line) for line in lines), lines
+
+    resumed = run_training(_tiny("m2sa-tiny", *common, "train.epochs=2", "train.num_workers=0", "train.run_name=l"))
+    assert resumed.start_epoch == 1 and resumed.history[0] == local.history[0]
+    assert [h["epoch"] for h in resumed.history] == [0, 1]
+    names = {u.rsplit("/", 1)[-1] for u in storage.listdir(resumed.run_dir)}
+    assert {"epoch-0001", "export", "metrics.json"} <= names and "epoch-0000" not in names

@@ -57,6 +57,7 @@ class Worker:
     pool: dict[str, torch.Tensor] | None
     facts: dict[str, Any]  # what every epoch's metrics repeat: world size, stage, parameters
     tracker: Any = None  # rank 0's Tracker
+    callbacks: list = field(default_factory=list)  # local mode: the run's Ray Train callbacks
     global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -75,11 +76,15 @@ def setup(plan: RunPlan) -> Worker:
 
     t0 = time.perf_counter()
     cfg = plan.inputs.cfg
+    if cfg.train.num_workers == 0:  # local mode: this process is the only rank
+        ds_engine.single_process_group()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     set_seed(cfg.train.seed)
     on_gpu = cfg.train.use_gpu and torch.cuda.is_available()
-    device = torch.device("cuda", ray.train.torch.get_device().index or 0) if on_gpu else torch.device("cpu")
+    local = cfg.train.num_workers == 0
+    device = (torch.device("cpu") if not on_gpu else torch.device("cuda", torch.cuda.current_device()) if local
+              else torch.device("cuda", ray.train.torch.get_device().index or 0))
     precision, why = ds_engine.resolve_precision(cfg, on_gpu)
     if rank == 0:
         log.info("precision %s (deepspeed.precision=%s: %s)", precision, cfg.deepspeed.precision, why)
@@ -213,6 +218,7 @@ def finish_epoch(worker: Worker, metrics: dict[str, Any], artifacts: dict[str, A
         _track(worker, metrics, artifacts)
     if epoch < 0:  # evaluation only: nothing to checkpoint
         ray.train.report(metrics if worker.rank == 0 else {"epoch": epoch})
+        _local_callbacks(worker, metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         client = {CLIENT_STATE_KEY: {"epoch": epoch, "global_step": worker.global_step, "history": worker.history}}
@@ -220,8 +226,29 @@ def finish_epoch(worker: Worker, metrics: dict[str, Any], artifacts: dict[str, A
         if worker.rank == 0:
             write_run_config(tmp, worker.cfg, plan.inputs.model_config, plan.inputs.label_maps)
         ckpt.write_manifest(tmp, worker.rank, worker.world, epoch)
+        if worker.cfg.train.num_workers == 0:  # local mode: Ray Train keeps no checkpoint
+            uri = ckpt.save_local_mode(tmp, plan.run_dir, epoch, worker.cfg.train.checkpoints_to_keep)
+            ray.train.report(metrics)
+            _local_callbacks(worker, metrics, uri)
+            return
         ray.train.report(metrics if worker.rank == 0 else {"epoch": epoch},
                          checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=ckpt.checkpoint_dir_name(epoch))
+
+
+def _local_callbacks(worker: Worker, metrics: dict[str, Any], checkpoint_uri: str | None = None) -> None:
+    """Local mode: what Ray Train's controller does after a report, calling the run's callbacks."""
+    if not worker.callbacks:
+        return
+    from ray.train import Checkpoint
+
+    checkpoint = None
+    if checkpoint_uri is not None:
+        from ray_sticker import storage
+
+        fs, path = storage.resolve(checkpoint_uri)
+        checkpoint = Checkpoint(path=path, filesystem=fs)
+    for callback in worker.callbacks:
+        callback.after_report(None, [metrics], checkpoint)
 
 
 def _track(worker: Worker, metrics: dict[str, Any], artifacts: dict[str, Any]) -> None:
@@ -240,9 +267,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     checkpoint resumed); other ranks None."""
     from ray_sticker.train.tracking import Tracker
 
-    worker_logging()
     plan: RunPlan = config["plan"]
+    if plan.inputs.cfg.train.num_workers > 0:  # local mode runs in the driver, whose logging stays
+        worker_logging()
     worker = setup(plan)
+    worker.callbacks = config.get("callbacks", [])
     start_epoch = resume(worker)
     cfg = worker.cfg
     if worker.rank == 0:

@@ -2,7 +2,8 @@
 
 Ray Train calls user callbacks in its controller actor, which it places on the driver's node
 (Ray 2.60: a node-affinity label). :class:`ReportCallback` there appends each epoch's
-metrics (rank 0's report) as a JSON line to a file of the driver's; :class:`EpochProgress`
+metrics (rank 0's report) as a JSON line to a file of the driver's (in local mode, which runs
+no callbacks, the loop calls them itself); :class:`EpochProgress`
 follows that file from a thread and logs one line per epoch to ``ray_sticker.progress``
 (the console shows it unless ``-q``): epoch, step, loss, the main validation figure,
 samples/s, data wait, epoch time and the estimated time left.
