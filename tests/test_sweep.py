@@ -32,7 +32,7 @@ points:
   - {train.lr: 3.0e-3, train.seed: 2}
 search: {algorithm: grid, max_concurrent_trials: 1}
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
-resources: {num_workers: 1, cpus_per_worker: 0.5}
+resources: {num_workers: 0}
 storage_path: %(storage)s
 """
 

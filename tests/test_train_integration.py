@@ -191,8 +191,8 @@ def test_early_stopping_exports_the_best_epochs_model(ray_cluster, tmp_path):
 
 
 def test_local_mode_runs_the_loop_in_this_process_as_one_worker_would(ray_cluster, tmp_path, caplog):
-    """``train.num_workers=0`` (Ray Train's local mode): the same loop in this process gives the
-    metrics of one Ray Train worker; the loop keeps the checkpoints itself (pruned to
+    """``train.num_workers=0`` (local mode): the same loop in this process gives the metrics of
+    one Ray Train worker; the loop keeps the checkpoints itself (pruned to
     ``train.checkpoints_to_keep``), resumes from them, and reports each epoch to the callbacks."""
     data = str(tmp_path / "data")
     make_classify_dataset(data, num_rows=400, image_size=32, seed=4)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ray_sticker import storage
@@ -153,12 +154,22 @@ def _run_trial(params: dict[str, Any], spec_data: dict[str, Any], base: dict[str
         "train.export": False,
         "data.synthetic_if_missing": False,  # made once by check_sweep
     })
-    result = run_training(validate(data, source=f"sweep {spec.name}, trial {trial_id}"),
-                          callbacks=[TuneReportCallback()])
+    cfg = validate(data, source=f"sweep {spec.name}, trial {trial_id}")
+    # Local mode runs the loop in this thread: its reports go to Tune directly, and wait for it.
+    result = run_training(cfg, callbacks=[TuneReportCallback() if cfg.train.num_workers else DirectTuneReport()])
     if result.history and result.start_epoch >= len(result.history):
         # Every epoch came from the checkpoint: they ran on while an interrupted sweep stopped,
         # and Tune never received the last one.
         tune.report(result.history[-1])
+
+
+class DirectTuneReport(UserCallback):
+    """A local-mode trial's epochs to Tune, from the trial's own thread (``tune.report``)."""
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        from ray import tune
+
+        tune.report(metrics[0])
 
 
 def _scheduler(spec: SweepSpec, base: dict[str, Any]):

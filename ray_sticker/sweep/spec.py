@@ -126,7 +126,7 @@ class SchedulerConfig(_Section):
 class ResourcesConfig(_Section):
     """Per trial; unset fields keep the experiment config's ``train`` values."""
 
-    num_workers: int | None = Field(default=None, gt=0)
+    num_workers: int | None = Field(default=None, ge=0)
     cpus_per_worker: float | None = Field(default=None, gt=0)
     use_gpu: bool | None = None
     driver_cpus: float = Field(

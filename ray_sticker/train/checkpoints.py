@@ -113,17 +113,6 @@ def epoch_of(path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def save_local_mode(local_dir: str, run_dir: str, epoch: int, keep: int | None) -> str:
-    """Local mode: what Ray Train does with a reported checkpoint — ``local_dir`` uploaded as
-    ``<run_dir>/epoch-NNNN`` — and the oldest beyond ``keep`` (None: all kept) deleted."""
-    uri = storage.join(run_dir, checkpoint_dir_name(epoch))
-    storage.upload_dir(local_dir, uri)
-    if keep is not None:
-        for _, old in epoch_checkpoints(run_dir)[keep:]:
-            storage.delete(old)
-    return uri
-
-
 def restore(latest, run_dir: str | None, load: Callable[[str], None], agree: Callable[[bool], bool],
             rank: int = 0) -> str | None:
     """Load the newest complete checkpoint: ``latest`` (Ray Train's latest ``Checkpoint``) first,

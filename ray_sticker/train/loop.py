@@ -30,6 +30,7 @@ from ray_sticker.train.export import write_run_config
 from ray_sticker.train.ingest import TRAIN, VALIDATION
 from ray_sticker.train.inputs import RunPlan
 from ray_sticker.train.metrics import all_reduce_sum, gather_arrays
+from ray_sticker.train.session import LocalSession, RayTrainSession
 
 log = logging.getLogger("ray_sticker.train")
 
@@ -56,8 +57,8 @@ class Worker:
     precision: str
     pool: dict[str, torch.Tensor] | None
     facts: dict[str, Any]  # what every epoch's metrics repeat: world size, stage, parameters
+    session: Any = None  # train/session.py: Ray Train's, or local mode's
     tracker: Any = None  # rank 0's Tracker
-    callbacks: list = field(default_factory=list)  # local mode: the run's Ray Train callbacks
     global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -70,21 +71,16 @@ class Worker:
             log.info(msg, *args)
 
 
-def setup(plan: RunPlan) -> Worker:
+def setup(plan: RunPlan, session) -> Worker:
     """Model, DeepSpeed engine, sticker pool and (rank 0) tracker of this rank."""
-    import ray.train
-
     t0 = time.perf_counter()
     cfg = plan.inputs.cfg
-    if cfg.train.num_workers == 0:  # local mode: this process is the only rank
+    if isinstance(session, LocalSession):  # this process is the only rank
         ds_engine.single_process_group()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     set_seed(cfg.train.seed)
     on_gpu = cfg.train.use_gpu and torch.cuda.is_available()
-    local = cfg.train.num_workers == 0
-    device = (torch.device("cpu") if not on_gpu else torch.device("cuda", torch.cuda.current_device()) if local
-              else torch.device("cuda", ray.train.torch.get_device().index or 0))
+    device = torch.device("cuda", session.device_index()) if on_gpu else torch.device("cpu")
     precision, why = ds_engine.resolve_precision(cfg, on_gpu)
     if rank == 0:
         log.info("precision %s (deepspeed.precision=%s: %s)", precision, cfg.deepspeed.precision, why)
@@ -97,7 +93,7 @@ def setup(plan: RunPlan) -> Worker:
     facts = {"world_size": world, "zero_stage": cfg.deepspeed.zero_stage, "precision": precision,
              "params_total": total_params,
              "params_per_rank": [int(x) for x in gather_arrays({"n": np.array([local_params])})["n"]]}
-    worker = Worker(plan, rank, world, device, engine, precision, plan.inputs.load_pool(device), facts)
+    worker = Worker(plan, rank, world, device, engine, precision, plan.inputs.load_pool(device), facts, session)
     worker.log0("worker setup %.1fs: %s, %d parameters (%d on rank 0), ZeRO-%d, %s, %d workers",
                 time.perf_counter() - t0, cfg.model.name, total_params, local_params,
                 cfg.deepspeed.zero_stage, precision, world)
@@ -107,8 +103,6 @@ def setup(plan: RunPlan) -> Worker:
 def resume(worker: Worker) -> int:
     """Load the newest complete checkpoint (see train/checkpoints.py) into the engine, restore
     the step counter and history; returns the first epoch to train."""
-    import ray.train
-
     from ray_sticker.config import ConfigError
 
     cfg, loaded = worker.cfg, {}
@@ -124,7 +118,7 @@ def resume(worker: Worker) -> int:
     def agree(ok: bool) -> bool:
         return all_reduce_sum([0.0 if ok else 1.0])[0] == 0
 
-    if ckpt.restore(ray.train.get_checkpoint(), worker.plan.run_dir, load, agree, worker.rank) is None:
+    if ckpt.restore(worker.session.latest_checkpoint(), worker.plan.run_dir, load, agree, worker.rank) is None:
         return 0
     worker.global_step, worker.history = loaded["global_step"], loaded["history"]
     worker.log0("resumed from epoch %d (global step %d)", loaded["epoch"], worker.global_step)
@@ -134,8 +128,6 @@ def resume(worker: Worker) -> int:
 def train_epoch(worker: Worker, epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """One pass over this rank's train shard; returns the epoch's train metrics (summed over
     ranks) and the last batch (the filler of a ZeRO-3 evaluation)."""
-    import ray.train
-
     cfg, engine = worker.cfg, worker.engine
     # Randomness is a function of (seed, epoch, rank): a resumed epoch repeats exactly.
     seed = epoch_seed(cfg.train.seed, epoch, worker.rank)
@@ -147,7 +139,7 @@ def train_epoch(worker: Worker, epoch: int) -> tuple[dict[str, Any], dict[str, t
     samples = n_micro = 0
     loss_terms: dict[str, float] = {}
     last_batch = None
-    batches = ray.train.get_dataset_shard(TRAIN).iter_torch_batches(
+    batches = worker.session.dataset(TRAIN).iter_torch_batches(
         batch_size=cfg.train.batch_size, device=worker.device, drop_last=False, prefetch_batches=2)
     for batch, waited in timed(batches):
         wait_s += waited
@@ -198,27 +190,22 @@ def _log_step(worker: Worker, epoch: int, loss: float, samples_per_s: float, wai
 
 
 def validate(worker: Worker, filler: dict[str, torch.Tensor] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    import ray.train
-
-    return evaluate(worker.engine, ray.train.get_dataset_shard(VALIDATION), worker.cfg, worker.cfg.train.batch_size,
+    return evaluate(worker.engine, worker.session.dataset(VALIDATION), worker.cfg, worker.cfg.train.batch_size,
                     worker.device, worker.pool, filler)
 
 
 def finish_epoch(worker: Worker, metrics: dict[str, Any], artifacts: dict[str, Any], t_epoch: float) -> None:
     """Record the epoch: history, plots and tracking (rank 0), then the checkpoint of every rank
-    reported through Ray Train (rank 0's report carries the metrics)."""
-    import ray.train
-    from ray.train import Checkpoint
-
+    reported through the session (rank 0's report carries the metrics)."""
     epoch, plan = metrics["epoch"], worker.plan
     metrics.update(epoch_s=time.perf_counter() - t_epoch, **worker.facts)
     worker.history.append(metrics)
     if worker.rank == 0:
         log.info("epoch %d: %s", epoch, _fmt(metrics))
         _track(worker, metrics, artifacts)
+    reported = metrics if worker.rank == 0 else {"epoch": epoch}
     if epoch < 0:  # evaluation only: nothing to checkpoint
-        ray.train.report(metrics if worker.rank == 0 else {"epoch": epoch})
-        _local_callbacks(worker, metrics)
+        worker.session.report(reported)
         return
     with tempfile.TemporaryDirectory() as tmp:
         client = {CLIENT_STATE_KEY: {"epoch": epoch, "global_step": worker.global_step, "history": worker.history}}
@@ -226,29 +213,7 @@ def finish_epoch(worker: Worker, metrics: dict[str, Any], artifacts: dict[str, A
         if worker.rank == 0:
             write_run_config(tmp, worker.cfg, plan.inputs.model_config, plan.inputs.label_maps)
         ckpt.write_manifest(tmp, worker.rank, worker.world, epoch)
-        if worker.cfg.train.num_workers == 0:  # local mode: Ray Train keeps no checkpoint
-            uri = ckpt.save_local_mode(tmp, plan.run_dir, epoch, worker.cfg.train.checkpoints_to_keep)
-            ray.train.report(metrics)
-            _local_callbacks(worker, metrics, uri)
-            return
-        ray.train.report(metrics if worker.rank == 0 else {"epoch": epoch},
-                         checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=ckpt.checkpoint_dir_name(epoch))
-
-
-def _local_callbacks(worker: Worker, metrics: dict[str, Any], checkpoint_uri: str | None = None) -> None:
-    """Local mode: what Ray Train's controller does after a report, calling the run's callbacks."""
-    if not worker.callbacks:
-        return
-    from ray.train import Checkpoint
-
-    checkpoint = None
-    if checkpoint_uri is not None:
-        from ray_sticker import storage
-
-        fs, path = storage.resolve(checkpoint_uri)
-        checkpoint = Checkpoint(path=path, filesystem=fs)
-    for callback in worker.callbacks:
-        callback.after_report(None, [metrics], checkpoint)
+        worker.session.report(reported, tmp, ckpt.checkpoint_dir_name(epoch))
 
 
 def _track(worker: Worker, metrics: dict[str, Any], artifacts: dict[str, Any]) -> None:
@@ -262,16 +227,18 @@ def _track(worker: Worker, metrics: dict[str, Any], artifacts: dict[str, Any]) -
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
-    """``config["plan"]``: the :class:`RunPlan`. Rank 0 returns ``{"history": [per-epoch
+    """``config["plan"]``: the :class:`RunPlan`; ``config["session"]``: a :class:`LocalSession`
+    in local mode (else the Ray Train worker's). Rank 0 returns ``{"history": [per-epoch
     metrics], "start_epoch": first epoch trained here}`` (epochs before it came from the
     checkpoint resumed); other ranks None."""
     from ray_sticker.train.tracking import Tracker
 
     plan: RunPlan = config["plan"]
-    if plan.inputs.cfg.train.num_workers > 0:  # local mode runs in the driver, whose logging stays
+    session = config.get("session")
+    if session is None:  # a Ray Train worker (local mode runs in the driver, whose logging stays)
         worker_logging()
-    worker = setup(plan)
-    worker.callbacks = config.get("callbacks", [])
+        session = RayTrainSession()
+    worker = setup(plan, session)
     start_epoch = resume(worker)
     cfg = worker.cfg
     if worker.rank == 0:

@@ -6,10 +6,9 @@ checkpoints (``epoch-NNNN/``, DeepSpeed files of every rank), ``export/``
 (``model.safetensors`` + ``config.json``), ``metrics.json`` / ``metrics.csv``, the plots and
 ``tensorboard/``. Re-running with the same ``train.run_name`` resumes from the latest checkpoint.
 
-``train.num_workers: 0`` is Ray Train's local mode: the loop runs in this process as the only
-rank (no worker or controller actors; Ray Data still streams), for debugging and quick checks.
-There the loop writes its checkpoints into the run directory itself, since Ray Train keeps
-none, and a failure ends the run (``train.max_failures`` needs workers).
+``train.num_workers: 0`` is local mode: the loop runs in this process as the only rank, without
+Ray Train (no worker or controller actors; Ray Data still streams), for debugging and quick
+checks; see train/session.py. A failure there ends the run (``train.max_failures`` needs workers).
 """
 
 from __future__ import annotations
@@ -83,8 +82,6 @@ def plan_run(inputs: RunInputs) -> RunPlan:
 def scaling_config(train: TrainConfig):
     from ray.train import ScalingConfig
 
-    if train.num_workers == 0:
-        return ScalingConfig(num_workers=0)
     return ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                          resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})})
 
@@ -108,32 +105,35 @@ def run_config(plan: RunPlan, callbacks: list):
 def fit(inputs: RunInputs, callbacks: list | None = None) -> RunResult:
     """Assemble and fit the TorchTrainer of checked inputs; prints a line per epoch."""
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from ray_sticker.train import ingest
     from ray_sticker.train.loop import train_loop_per_worker
     from ray_sticker.train.progress import EpochProgress
+    from ray_sticker.train.session import LocalSession
 
     t0 = time.perf_counter()
     cfg = inputs.cfg
     plan = plan_run(inputs)
-    local = cfg.train.num_workers == 0
     with EpochProgress(plan.run_name, cfg.train.epochs) as progress:
         user_callbacks = [progress.callback(), *(callbacks or [])]
-        # Local mode: Ray Train runs no callbacks, the loop calls them; TorchTrainer's local mode
-        # would end the process group after the run, which DeepSpeed keeps.
-        trainer = (DataParallelTrainer if local else TorchTrainer)(
-            train_loop_per_worker,
-            train_loop_config={"plan": plan, **({"callbacks": user_callbacks} if local else {})},
-            scaling_config=scaling_config(cfg.train),
-            **({} if local else {"torch_config": TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo")}),
-            run_config=run_config(plan, [] if local else user_callbacks),
-            datasets=ingest.run_datasets(inputs),
-            dataset_config=ingest.data_config(cfg.data.deterministic),
-        )
-        log.info("run %s -> %s%s", plan.run_name, plan.run_dir, " (local mode: in this process)" if local else "")
-        result = trainer.fit()
-    returned = result.return_value or {}
+        datasets = ingest.run_datasets(inputs)
+        if cfg.train.num_workers == 0:
+            log.info("run %s -> %s (local mode: in this process)", plan.run_name, plan.run_dir)
+            storage.ensure_bucket(cfg.train.storage_path)
+            session = LocalSession(datasets, plan.run_dir, cfg.train.checkpoints_to_keep, user_callbacks)
+            returned = train_loop_per_worker({"plan": plan, "session": session}) or {}
+        else:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"plan": plan},
+                scaling_config=scaling_config(cfg.train),
+                torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+                run_config=run_config(plan, user_callbacks),
+                datasets=datasets,
+                dataset_config=ingest.data_config(cfg.data.deterministic),
+            )
+            log.info("run %s -> %s", plan.run_name, plan.run_dir)
+            returned = trainer.fit().return_value or {}
     history = returned.get("history", [])
     write_metrics(plan.run_dir, history)
     best = None
