@@ -1,4 +1,5 @@
-"""Every published model trained on its synthetic task through Ray Train + DeepSpeed on CPU,
+"""Every published model trained on its synthetic task through the training loop + DeepSpeed on CPU
+(two ranks of Ray Train where ranks matter, local mode where the model is the subject),
 evaluated over the whole validation set, with plots, and the CLIP baseline evaluated zero-shot
 (its training loop is the same one; its losses are checked in tests/test_clip.py); and (marker
 ``mechanism``, not in the default run: three minutes and a noisy margin on CPU) a check
@@ -24,14 +25,15 @@ def _final(result) -> dict:
 
 def test_every_model_trains_evaluates_and_plots(ray_cluster):
     # Two ranks where they matter (ZeRO-3's partitions, the pool embedded in chunks over the
-    # ranks); one worker where the model is the subject (a worker is a process to start).
+    # ranks); local mode where the model is the subject (the same loop in this process, with
+    # one worker's metrics: tests/test_train_integration.py).
     cfgs = [
-        load_config("mmsair-tiny", ["train.num_workers=1"]),
-        load_config("mdse-tiny", ["train.num_workers=1"]),
+        load_config("mmsair-tiny", ["train.num_workers=0"]),
+        load_config("mdse-tiny", ["train.num_workers=0"]),
         load_config("eigml-tiny", ["train.epochs=1", "deepspeed.zero_stage=3"]),
         load_config("intra-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "data.eval_candidates=pool"]),
         # CLIP zero-shot: the initial model evaluated, nothing trained.
-        load_config("clip-select-tiny", ["train.epochs=0", "train.export=false", "train.num_workers=1"]),
+        load_config("clip-select-tiny", ["train.epochs=0", "train.export=false", "train.num_workers=0"]),
     ]
     mmsair, mdse, eigml, intra, zero_shot = run_many(cfgs)
 

@@ -39,7 +39,7 @@ def test_rows_and_seeds_become_points_and_the_comparison_averages_the_seeds():
     spec = table.sweep(tiny=True)
     assert spec.points == [{"train.seed": 1}, {"train.seed": 2}, {"model.overrides.use_samm": False, "train.seed": 1},
                            {"model.overrides.use_samm": False, "train.seed": 2}]
-    assert spec.config == "eigml-tiny" and spec.name == "t-tiny" and spec.resources.num_workers == 1
+    assert spec.config == "eigml-tiny" and spec.name == "t-tiny" and spec.resources.num_workers == 0
     rows = [{POINT_KEY: 0, "status": "TERMINATED", "val_map": 0.80, "val_r10@1": 0.5},
             {POINT_KEY: 1, "status": "TERMINATED", "val_map": 0.84, "val_r10@1": 0.7},
             {POINT_KEY: 2, "status": "TERMINATED", "val_map": 0.79, "val_r10@1": 0.6},

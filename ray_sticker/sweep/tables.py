@@ -38,8 +38,9 @@ from ray_sticker.sweep.spec import POINT_KEY, ResourcesConfig, SweepSpec, one_li
 
 TABLES_DIR = "tables"
 PAPERS = ("MMSAIR", "Int-RA", "M2SA", "MDSE", "EIGML")
-# Trials of --tiny: one worker each, so that two fit a 2-CPU machine beside Ray Data.
-TINY_RESOURCES = ResourcesConfig(num_workers=1, cpus_per_worker=0.5)
+# Trials of --tiny: in local mode (each trains in its own trial process), so that two fit a
+# 2-CPU machine beside Ray Data.
+TINY_RESOURCES = ResourcesConfig(num_workers=0)
 
 
 class _Section(BaseModel):
