@@ -30,8 +30,9 @@ def test_every_model_trains_evaluates_and_plots(ray_cluster):
     cfgs = [
         load_config("mmsair-tiny", ["train.num_workers=0"]),
         load_config("mdse-tiny", ["train.num_workers=0"]),
-        load_config("eigml-tiny", ["train.epochs=1", "deepspeed.zero_stage=3"]),
-        load_config("intra-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "data.eval_candidates=pool"]),
+        load_config("eigml-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "train.batch_size=32"]),
+        load_config("intra-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "data.eval_candidates=pool",
+                                   "train.batch_size=32"]),
         # CLIP zero-shot: the initial model evaluated, nothing trained.
         load_config("clip-select-tiny", ["train.epochs=0", "train.export=false", "train.num_workers=0"]),
     ]
