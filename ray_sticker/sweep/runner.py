@@ -114,7 +114,12 @@ def _check_trial_placement(spec: SweepSpec, base: dict[str, Any]) -> None:
         train = validate(set_values(base, values)).train
         trains[(train.num_workers, train.cpus_per_worker, train.use_gpu)] = train
     for train in trains.values():
-        check_placement(train, extra_cpus=spec.resources.driver_cpus)
+        check_placement(train, extra_cpus=spec.resources.driver_resources(_local_cpus(train))["cpu"])
+
+
+def _local_cpus(train) -> float:
+    """CPUs a trial's own process trains with: its rank's in local mode, else none."""
+    return train.cpus_per_worker if train.num_workers == 0 else 0.0
 
 
 def max_concurrent(spec: SweepSpec, base: dict[str, Any]) -> int:
@@ -129,7 +134,8 @@ def max_concurrent(spec: SweepSpec, base: dict[str, Any]) -> int:
     if train.use_gpu:
         fit = total.get("GPU", 0) // train.num_workers
     else:
-        fit = total.get("CPU", 0) // (train.num_workers * train.cpus_per_worker + spec.resources.driver_cpus + 1)
+        held = spec.resources.driver_resources(_local_cpus(train))["cpu"]
+        fit = total.get("CPU", 0) // (train.num_workers * train.cpus_per_worker + held + 1)
     return max(1, int(fit))
 
 
@@ -219,7 +225,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, spec_data=spec.model_dump(mode="json"), base=base,
                              runs_dir=storage.join(exp_dir, RUNS_DIR)),
-        spec.resources.driver_resources(),
+        spec.resources.driver_resources(_local_cpus(validate(base).train)),
     )
     if resume:
         if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs_arg):

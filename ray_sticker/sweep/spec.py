@@ -135,8 +135,10 @@ class ResourcesConfig(_Section):
                     "held here is missing from the trial's Ray Data tasks, which take whole CPUs)")
     driver_memory_mb: int = Field(default=256, gt=0, description="memory reserved for the trial's driver")
 
-    def driver_resources(self) -> dict[str, float]:
-        return {"cpu": self.driver_cpus, "memory": self.driver_memory_mb * 2**20}
+    def driver_resources(self, train_cpus: float = 0.0) -> dict[str, float]:
+        """The trial process's reservation; ``train_cpus``: a local-mode trial's training (its
+        loop runs in the trial process, so the trial holds that rank's CPUs)."""
+        return {"cpu": max(self.driver_cpus, train_cpus), "memory": self.driver_memory_mb * 2**20}
 
     def overrides(self) -> dict[str, Any]:
         fields = {"num_workers": self.num_workers, "cpus_per_worker": self.cpus_per_worker, "use_gpu": self.use_gpu}
