@@ -31,7 +31,7 @@ def _gathered(module) -> dict[str, torch.Tensor]:
 
 
 def _ranks(rank: int, world: int, port: int, weights: str, out_dir: str) -> None:
-    from ray_sticker.bench.procgroup import process_group
+    from ray_sticker.train.procgroup import process_group
     from ray_sticker.models.encoders import TextTower, VisionTower
     from ray_sticker.models.partitioned import full_shape, is_partitioned, partitioned_construction
     from ray_sticker.models.registry import build_from_config, get_model_config
@@ -70,7 +70,7 @@ def _ranks(rank: int, world: int, port: int, weights: str, out_dir: str) -> None
 def test_towers_built_partitioned_with_their_weights_and_initialisation(tmp_path):
     import torch.multiprocessing as mp
 
-    from ray_sticker.bench.procgroup import free_port
+    from ray_sticker.train.procgroup import free_port
     from ray_sticker.models.encoders import VisionTower
 
     torch.manual_seed(7)

@@ -63,7 +63,7 @@ def _reset_peak() -> None:
 def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], out_dir: str) -> None:
     import torch
 
-    from ray_sticker.bench.procgroup import process_group
+    from ray_sticker.train.procgroup import process_group
     from ray_sticker.config import from_dict
     from ray_sticker.models.registry import list_archs
     from ray_sticker.train import engine as ds_engine

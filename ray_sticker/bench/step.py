@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from ray_sticker.bench.inputs import bench_config, prepare, sample_batch, torch_batch
-from ray_sticker.bench.procgroup import process_group
+from ray_sticker.train.procgroup import process_group
 from ray_sticker.bench.report import BenchResult, Goal
 
 OVERHEAD_GOAL: Goal = ("<=", 1.10)

@@ -94,7 +94,7 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], out_dir: s
     import torch
 
     from ray_sticker.bench.inputs import torch_batch
-    from ray_sticker.bench.procgroup import process_group
+    from ray_sticker.train.procgroup import process_group
     from ray_sticker.config import from_dict
     from ray_sticker.train import engine as ds_engine
     from ray_sticker.train.loop import set_seed

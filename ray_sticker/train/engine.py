@@ -248,20 +248,6 @@ def prepare_deepspeed(on_gpu: bool):
     return deepspeed
 
 
-def single_process_group() -> None:
-    """Local mode (``train.num_workers: 0``): a process group of this process alone (gloo over an
-    in-memory store), started once and kept: DeepSpeed caches its groups, so every later run in
-    the process must find the same one."""
-    import os
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    for name in ("RANK", "LOCAL_RANK"):  # DeepSpeed reads them
-        os.environ.setdefault(name, "0")
-
-
 def _no_compile(model=None, **_):
     return model if model is not None else (lambda fn: fn)
 

@@ -30,7 +30,7 @@ from ray_sticker.train.export import write_run_config
 from ray_sticker.train.ingest import TRAIN, VALIDATION
 from ray_sticker.train.inputs import RunPlan
 from ray_sticker.train.metrics import all_reduce_sum, gather_arrays
-from ray_sticker.train.session import LocalSession, RayTrainSession
+from ray_sticker.train.session import RayTrainSession
 
 log = logging.getLogger("ray_sticker.train")
 
@@ -75,8 +75,6 @@ def setup(plan: RunPlan, session) -> Worker:
     """Model, DeepSpeed engine, sticker pool and (rank 0) tracker of this rank."""
     t0 = time.perf_counter()
     cfg = plan.inputs.cfg
-    if isinstance(session, LocalSession):  # this process is the only rank
-        ds_engine.single_process_group()
     rank, world = session.rank, session.world
     set_seed(cfg.train.seed)
     on_gpu = cfg.train.use_gpu and torch.cuda.is_available()

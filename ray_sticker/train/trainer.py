@@ -108,6 +108,7 @@ def fit(inputs: RunInputs, callbacks: list | None = None) -> RunResult:
 
     from ray_sticker.train import ingest
     from ray_sticker.train.loop import train_loop_per_worker
+    from ray_sticker.train.procgroup import process_group
     from ray_sticker.train.progress import EpochProgress
     from ray_sticker.train.session import LocalSession
 
@@ -121,7 +122,8 @@ def fit(inputs: RunInputs, callbacks: list | None = None) -> RunResult:
             log.info("run %s -> %s (local mode: in this process)", plan.run_name, plan.run_dir)
             storage.ensure_bucket(cfg.train.storage_path)
             session = LocalSession(datasets, plan.run_dir, cfg.train.checkpoints_to_keep, user_callbacks)
-            returned = train_loop_per_worker({"plan": plan, "session": session}) or {}
+            with process_group():  # of this process alone
+                returned = train_loop_per_worker({"plan": plan, "session": session}) or {}
         else:
             trainer = TorchTrainer(
                 train_loop_per_worker,
