@@ -230,6 +230,14 @@ def s3_bucket(s3_server: S3Server) -> str:
     return f"s3://{name}"
 
 
+def interruptible() -> None:
+    """``preexec_fn`` of a driver a test interrupts with SIGINT: the signal unblocked and at its
+    default in the child, whatever the test process holds (an ignored SIGINT is inherited
+    across exec, and Python then installs no KeyboardInterrupt handler)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ray_sticker_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Datasets, runs and the offline tokenizer of the tests live in a temporary home."""

@@ -27,6 +27,7 @@ from ray_sticker.data.synthetic_select import make_select_dataset
 from ray_sticker.enrich import annotators
 from ray_sticker.enrich.runner import ERROR_COLUMN, EnrichError, plan, run_enrichment
 from ray_sticker.enrich.spec import list_enrich_configs, load_enrich_config
+from tests.conftest import interruptible
 
 DESC = ["desc_gesture", "desc_posture", "desc_facial", "desc_verbal"]
 
@@ -181,7 +182,8 @@ def _interrupted_cli(args: list[str], work_dir: Path, parts_before: int, log_pat
     address = ray.get_runtime_context().gcs_address
     with open(log_path, "w") as log:  # a file, not a pipe nobody reads while polling
         proc = subprocess.Popen([sys.executable, "-c", "import sys; from ray_sticker.cli import main; sys.exit(main())",
-                                 "enrich", *args, "--address", address], stdout=log, stderr=subprocess.STDOUT)
+                                 "enrich", *args, "--address", address], stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=interruptible)
         deadline = time.monotonic() + 240
         try:
             sent = 0.0

@@ -15,6 +15,7 @@ import pytest
 from ray_sticker.cli import main as cli_main
 from ray_sticker.config import load_config
 from ray_sticker.train.inputs import check_inputs
+from tests.conftest import interruptible
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -56,7 +57,7 @@ def _interrupted_sweep(sweep: Path, exp: Path) -> subprocess.CompletedProcess:
     log = open(log_path, "w")  # a file, not a pipe nobody reads while polling
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from ray_sticker.cli import main; sys.exit(main())",
                              "tune", "--sweep", str(sweep), "--address", address],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=interruptible, text=True)
     deadline = time.monotonic() + 600
     try:
         while proc.poll() is None and time.monotonic() < deadline:
