@@ -232,8 +232,9 @@ def s3_bucket(s3_server: S3Server) -> str:
 
 def interruptible() -> None:
     """``preexec_fn`` of a driver a test interrupts with SIGINT: the signal unblocked and at its
-    default in the child, whatever the test process holds (an ignored SIGINT is inherited
-    across exec, and Python then installs no KeyboardInterrupt handler)."""
+    default in the child, whatever the test process holds. A shell starts a background job
+    (``pytest ... &``) with SIGINT ignored, that is inherited across exec, and Python then
+    installs no KeyboardInterrupt handler: the Ctrl-C would never land."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
