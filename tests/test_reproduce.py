@@ -92,7 +92,7 @@ def test_list_names_every_table_and_its_rows(capsys):
 @pytest.mark.ray
 def test_two_rows_of_eigml_table4_at_test_size(ray_cluster, tmp_path, capsys):
     table = load_table("eigml-table4")
-    assert cli.main(["-q", "reproduce", "eigml-table4", "train.epochs=1", "--tiny", "--rows", "1,6",
+    assert cli.main(["-q", "reproduce", "eigml-table4", "train.epochs=1", "train.batch_size=32", "--tiny", "--rows", "1,6",
                      "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     exp = tmp_path / "eigml-table4-tiny"
