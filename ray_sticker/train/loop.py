@@ -2,7 +2,8 @@
 contract), parameterised by the :class:`RunPlan` the driver hands it.
 
 setup (model, DeepSpeed engine, sticker pool, resume) -> per epoch: train on this worker's
-shard, evaluate on the whole validation set (shards gathered), checkpoint through Ray Train,
+shard, evaluate on the whole validation set (shards gathered), checkpoint through the session
+(train/session.py: Ray Train's, or the driver's own in local mode),
 track (TensorBoard, MLflow; rank 0) -> export the consolidated model.
 """
 

@@ -121,6 +121,9 @@ def fit(inputs: RunInputs, callbacks: list | None = None) -> RunResult:
         if cfg.train.num_workers == 0:
             log.info("run %s -> %s (local mode: in this process)", plan.run_name, plan.run_dir)
             storage.ensure_bucket(cfg.train.storage_path)
+            if cfg.train.max_failures:
+                log.warning("train.max_failures=%d has no effect in local mode: a failure ends the run; "
+                            "rerun it to resume from its newest checkpoint", cfg.train.max_failures)
             session = LocalSession(datasets, plan.run_dir, cfg.train.checkpoints_to_keep, user_callbacks)
             with process_group():  # of this process alone
                 returned = train_loop_per_worker({"plan": plan, "session": session}) or {}
