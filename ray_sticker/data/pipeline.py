@@ -11,9 +11,9 @@ their input's ``max_length`` are cut, and counted per row in ``truncated``.
 What a batch holds is declared by the model config (``models/output.py``): several text
 inputs, optional labels, and for selection the candidates' rows in the sticker pool
 (``candidate_idx``), the positive's position (``target``) and, for sets drawn rather than
-stored, the key by which training redraws them (``candidate_key``). With ``group_column`` each row also carries that column's value as UTF-8
-bytes (``group_bytes``, ``GROUP_BYTES`` wide), by which evaluation reports metrics per group
-(M2SA: per language). The pool itself — decoded
+stored, the key by which training redraws them (``candidate_key``). With ``group_column`` each
+row also carries that column's value as UTF-8 bytes (``group_bytes``, ``GROUP_BYTES`` wide), by
+which evaluation reports metrics per group (M2SA: per language). The pool itself — decoded
 sticker images and tokenized sticker texts — is loaded once per worker by
 :func:`load_sticker_pool`; the training loop gathers each batch's candidates from it.
 """
@@ -32,7 +32,7 @@ import pyarrow.dataset as pads
 from ray_sticker import storage
 from ray_sticker.data import schema
 from ray_sticker.data.images import ImageDecodeError, decode_image, eval_transform
-from ray_sticker.data.synonyms import SynonymSpec
+from ray_sticker.data.synonyms import SynonymSpec, load_synonyms, replace_synonyms, variant_seed
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,6 @@ def tokenize_inputs(batch: dict[str, np.ndarray], texts: tuple[TextInput, ...], 
 
 def _replaced(columns: list[list[str]], example_ids, spec: SynonymSpec, seed: int, variant: int) -> list[list[str]]:
     """Copy ``variant`` of each column's texts with synonyms replaced, seeded per (seed, example, variant)."""
-    from ray_sticker.data.synonyms import load_synonyms, replace_synonyms, variant_seed
-
     table = load_synonyms(spec.uri)
     rngs = [np.random.default_rng(variant_seed(seed, str(e), variant)) for e in example_ids]
     return [[replace_synonyms(text, table, spec.alpha, rng) for text, rng in zip(col, rngs)] for col in columns]
