@@ -210,12 +210,12 @@ def test_local_mode_trials_hold_their_ranks_cpus(monkeypatch):
     trials that fit the cluster count them."""
     import ray
 
-    from ray_sticker.sweep.runner import _local_cpus, max_concurrent
+    from ray_sticker.sweep.runner import _trial_resources, max_concurrent
 
     spec = load_sweep("m2sa-tiny", **{"resources.num_workers": 0, "resources.cpus_per_worker": 1.0})
     spec = spec.model_copy(update={"search": spec.search.model_copy(update={"max_concurrent_trials": None})})
     train = load_config("m2sa-tiny", ["train.num_workers=0", "train.cpus_per_worker=1"]).train
-    assert spec.resources.driver_resources(_local_cpus(train))["cpu"] == 1.0
-    assert spec.resources.driver_resources(_local_cpus(load_config("m2sa-tiny").train))["cpu"] == 0.0
+    assert _trial_resources(spec, train)["cpu"] == 1.0
+    assert _trial_resources(spec, load_config("m2sa-tiny").train)["cpu"] == 0.0
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
     assert max_concurrent(spec, base_config(spec)) == 4  # 8 // (1 for the rank + 1 for Ray Data)

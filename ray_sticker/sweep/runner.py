@@ -114,12 +114,13 @@ def _check_trial_placement(spec: SweepSpec, base: dict[str, Any]) -> None:
         train = validate(set_values(base, values)).train
         trains[(train.num_workers, train.cpus_per_worker, train.use_gpu)] = train
     for train in trains.values():
-        check_placement(train, extra_cpus=spec.resources.driver_resources(_local_cpus(train))["cpu"])
+        check_placement(train, extra_cpus=_trial_resources(spec, train)["cpu"])
 
 
-def _local_cpus(train) -> float:
-    """CPUs a trial's own process trains with: its rank's in local mode, else none."""
-    return train.cpus_per_worker if train.num_workers == 0 else 0.0
+def _trial_resources(spec: SweepSpec, train) -> dict[str, float]:
+    """What a trial's own process reserves: its driver's, or in local mode (where it trains
+    itself) at least its rank's CPUs."""
+    return spec.resources.driver_resources(train.cpus_per_worker if train.num_workers == 0 else 0.0)
 
 
 def max_concurrent(spec: SweepSpec, base: dict[str, Any]) -> int:
@@ -134,7 +135,7 @@ def max_concurrent(spec: SweepSpec, base: dict[str, Any]) -> int:
     if train.use_gpu:
         fit = total.get("GPU", 0) // train.num_workers
     else:
-        held = spec.resources.driver_resources(_local_cpus(train))["cpu"]
+        held = _trial_resources(spec, train)["cpu"]
         fit = total.get("CPU", 0) // (train.num_workers * train.cpus_per_worker + held + 1)
     return max(1, int(fit))
 
@@ -225,7 +226,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, spec_data=spec.model_dump(mode="json"), base=base,
                              runs_dir=storage.join(exp_dir, RUNS_DIR)),
-        spec.resources.driver_resources(_local_cpus(validate(base).train)),
+        _trial_resources(spec, validate(base).train),
     )
     if resume:
         if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs_arg):

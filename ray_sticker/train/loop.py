@@ -51,14 +51,12 @@ class Worker:
     """One rank's side of a run, built by :func:`setup`."""
 
     plan: RunPlan
-    rank: int
-    world: int
+    session: Any  # train/session.py: Ray Train's, or local mode's
     device: torch.device
     engine: Any
     precision: str
     pool: dict[str, torch.Tensor] | None
     facts: dict[str, Any]  # what every epoch's metrics repeat: world size, stage, parameters
-    session: Any = None  # train/session.py: Ray Train's, or local mode's
     tracker: Any = None  # rank 0's Tracker
     global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -66,6 +64,14 @@ class Worker:
     @property
     def cfg(self):
         return self.plan.inputs.cfg
+
+    @property
+    def rank(self) -> int:
+        return self.session.rank
+
+    @property
+    def world(self) -> int:
+        return self.session.world
 
     def log0(self, msg: str, *args: Any) -> None:
         if self.rank == 0:
@@ -92,7 +98,7 @@ def setup(plan: RunPlan, session) -> Worker:
     facts = {"world_size": world, "zero_stage": cfg.deepspeed.zero_stage, "precision": precision,
              "params_total": total_params,
              "params_per_rank": [int(x) for x in gather_arrays({"n": np.array([local_params])})["n"]]}
-    worker = Worker(plan, rank, world, device, engine, precision, plan.inputs.load_pool(device), facts, session)
+    worker = Worker(plan, session, device, engine, precision, plan.inputs.load_pool(device), facts)
     worker.log0("worker setup %.1fs: %s, %d parameters (%d on rank 0), ZeRO-%d, %s, %d workers",
                 time.perf_counter() - t0, cfg.model.name, total_params, local_params,
                 cfg.deepspeed.zero_stage, precision, world)
