@@ -25,12 +25,14 @@ def _final(result) -> dict:
 
 def test_every_model_trains_evaluates_and_plots(ray_cluster):
     # Two ranks where they matter (ZeRO-3's partitions, the pool embedded in chunks over the
-    # ranks); local mode where the model is the subject (the same loop in this process, with
-    # one worker's metrics: tests/test_train_integration.py).
+    # ranks, a selection task's queries gathered); local mode where the model is the
+    # subject (the same loop in this process, with one worker's metrics:
+    # tests/test_train_integration.py), EIGML under ZeRO-3 all the same.
     cfgs = [
         load_config("mmsair-tiny", ["train.num_workers=0"]),
         load_config("mdse-tiny", ["train.num_workers=0"]),
-        load_config("eigml-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "train.batch_size=32"]),
+        load_config("eigml-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "train.batch_size=32",
+                                   "train.num_workers=0"]),
         load_config("intra-tiny", ["train.epochs=1", "deepspeed.zero_stage=3", "data.eval_candidates=pool",
                                    "train.batch_size=32"]),
         # CLIP zero-shot: the initial model evaluated, nothing trained.

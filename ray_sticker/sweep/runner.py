@@ -246,7 +246,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, address: str | None = None)
                 metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                 # Tune ignores max_concurrent_trials beside a given generator: it takes its own.
                 search_alg=BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=concurrent),
-                num_samples=spec.search.num_samples,
+                num_samples=spec.search.num_samples, reuse_actors=spec.search.reuse_actors,
             ),
             run_config=tune.RunConfig(name=spec.name, storage_path=storage.resolve(expand(spec.storage_path))[1],
                                       storage_filesystem=fs_arg, callbacks=[ProgressWriter(spec, base, exp_dir)],

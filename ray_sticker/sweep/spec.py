@@ -112,6 +112,9 @@ class SearchConfig(_Section):
     max_concurrent_trials: int | None = Field(
         default=None, gt=0, description="trials running at once (default: as many as the cluster's current "
                                         "CPUs/GPUs fit, at least 1)")
+    reuse_actors: bool = Field(
+        default=True, description="a finished trial's process starts the next trial of the same resources, "
+                                  "its imports (torch, transformers, DeepSpeed: seconds per trial) already done")
 
 
 class SchedulerConfig(_Section):
