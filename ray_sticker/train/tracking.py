@@ -24,15 +24,19 @@ import struct
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto import event_pb2
-from tensorboardX.proto.summary_pb2 import Summary
-from tensorboardX.summary import text as text_summary
 
 from ray_sticker import storage
+
+# tensorboardX is imported where events are written or read: importing it imports torch
+# (2-4 s), and this module is imported wherever a run's plan is unpickled (Ray Train's
+# controller among them), which needs only TrackingConfig.
+if TYPE_CHECKING:
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.proto.summary_pb2 import Summary
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,9 @@ class Tracker:
         # thread has not taken from the queue yet.  Event files are named by the second and host: the
         # suffix keeps a run resumed within the second from overwriting one, and the names in time order
         # (the order TensorBoard and read_scalars read them in).
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.summary import text as text_summary
+
         self._writer = EventsWriter(os.path.join(self._tb_local, "events"), f".{time.time_ns()}")
         if params:
             text = json.dumps(params, indent=2, sort_keys=True, default=str)
@@ -103,6 +110,8 @@ class Tracker:
             self._write(text_summary("config", "\n".join("    " + line for line in text.splitlines())), 0)
 
     def _write(self, summary: Summary, step: int) -> None:
+        from tensorboardX.proto import event_pb2
+
         self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def log_scalars(self, scalars: dict[str, Any], step: int, prefix: str = "") -> None:
@@ -110,6 +119,8 @@ class Tracker:
         are skipped.  MLflow gets the names with other characters than it allows replaced by "_"."""
         values = {prefix + key: float(v) for key, v in scalars.items() if _is_finite_number(v)}
         if self._writer is not None and values:
+            from tensorboardX.proto.summary_pb2 import Summary
+
             # Built here, the summary keeps the tags as given: tensorboardX's add_scalar turns "val_r@1" into "val_r_1".
             self._write(Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()]), step)
         if self._mlflow is not None:
@@ -119,6 +130,7 @@ class Tracker:
         """Log a PNG (a plot): a TensorBoard image summary and the MLflow artifact ``<tag>-step<step>.png``."""
         if self._writer is not None:
             from PIL import Image
+            from tensorboardX.proto.summary_pb2 import Summary
 
             with Image.open(io.BytesIO(png)) as image:  # reads the header only: the PNG is stored as it is
                 encoded = Summary.Image(height=image.height, width=image.width,
@@ -286,6 +298,8 @@ def _is_finite_number(value: Any) -> bool:
 
 def _events(uri: str) -> Iterator[event_pb2.Event]:
     """The events of every event file under ``uri``, files in name (= start time) order."""
+    from tensorboardX.proto import event_pb2
+
     for file_uri in storage.listdir(uri):
         if ".tfevents." not in posixpath.basename(file_uri):
             continue
