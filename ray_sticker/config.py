@@ -148,12 +148,21 @@ class TrainConfig(_Section):
                                                          "debugging and quick checks (Ray Data still streams)")
     cpus_per_worker: float = Field(default=0.5, gt=0)
     use_gpu: bool = False
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources each worker also asks for, e.g. {accelerator_type:A100: "
+                                          "0.001} or a node label's resource; CPU and GPU are cpus_per_worker and use_gpu")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="how Ray places the workers on nodes: PACK fills few nodes, SPREAD spreads them "
+                                    "over nodes; STRICT_ fails to place rather than bend the rule")
     storage_path: str = Field(
         default="${RAY_STICKER_HOME}/runs", description="local directory or s3:// URI for runs"
     )
     run_name: str | None = Field(
         default=None, description="a run with an existing name resumes from its latest checkpoint"
     )
+    storage_shared: bool = Field(
+        default=False, description="a local storage_path that every node mounts at the same place (NFS): allowed "
+                                   "on a multi-node cluster, where a node's own disk is refused")
     checkpoints_to_keep: int = Field(default=2, gt=0)
     early_stopping_patience: int | None = Field(
         default=None, gt=0, description="stop after this many epochs in a row without a better train.select_metric; "
@@ -164,6 +173,16 @@ class TrainConfig(_Section):
     max_failures: int = Field(default=0, ge=-1)
     log_every_steps: int = Field(default=20, gt=0)
     export: bool = Field(default=True, description="write model.safetensors + config at the end")
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_resources_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"{name} is not a custom resource: set train.{'cpus_per_worker' if name == 'CPU' else 'use_gpu'}")
+            if not amount > 0:
+                raise ValueError(f"{name}: an amount above 0, got {amount}")
+        return resources
 
 
 class DeepSpeedConfig(_Section):

@@ -36,6 +36,37 @@ def test_bundles_are_packed_per_node_not_by_totals():
 def test_worker_bundle_follows_the_trainer():
     assert placement.worker_bundle(_train(cpus_per_worker=0.5)) == {"CPU": 0.5}
     assert placement.worker_bundle(_train(cpus_per_worker=4, use_gpu=True)) == {"CPU": 4.0, "GPU": 1.0}
+    assert placement.worker_bundle(_train(worker_resources={"trainer": 1})) == {"CPU": 0.5, "trainer": 1.0}
+
+
+def test_custom_resources_count_and_strict_spread_takes_one_worker_per_node():
+    nodes = [{"CPU": 4.0, "trainer": 2.0}, {"CPU": 4.0, "trainer": 1.0}, {"CPU": 8.0}]
+    assert workers_that_fit(placement.worker_bundle(_train(worker_resources={"trainer": 1})), nodes) == 3
+    assert workers_that_fit({"CPU": 1.0}, nodes, "STRICT_SPREAD") == 3
+    assert workers_that_fit({"CPU": 1.0, "trainer": 1.0}, nodes, "STRICT_SPREAD") == 2
+    with pytest.raises(ConfigError, match=r"train.num_workers=3 workers of \{CPU: 0.5, trainer: 1\} each cannot"):
+        check_placement(_train(num_workers=3, worker_resources={"trainer": 1}, placement_strategy="STRICT_SPREAD"),
+                        nodes=nodes, scaling=FIXED)
+    for bad, field in (({"CPU": 1}, "cpus_per_worker"), ({"GPU": 1}, "use_gpu")):
+        with pytest.raises(ValueError, match=f"not a custom resource: set train.{field}"):
+            _train(worker_resources=bad)
+    with pytest.raises(ValueError, match="an amount above 0"):
+        _train(worker_resources={"trainer": 0})
+
+
+def test_local_storage_is_refused_where_workers_may_sit_on_several_nodes():
+    two_nodes = [{"CPU": 2.0}, {"CPU": 2.0}]
+    with pytest.raises(ConfigError, match=r"train.storage_path=/runs is on a node's own disk and the cluster has 2 "
+                                          r"nodes.*s3:// URI, or set train.storage_shared=true"):
+        placement.check_storage_reach(_train(storage_path="/runs"), nodes=two_nodes, scaling=FIXED)
+    with pytest.raises(ConfigError, match=r"the cluster may add nodes \(test: autoscaler\)"):
+        placement.check_storage_reach(_train(storage_path="/runs"), nodes=[{"CPU": 2.0}], scaling=GROWS)
+    for train in (_train(storage_path="s3://bucket/runs"), _train(storage_path="/nfs/runs", storage_shared=True),
+                  _train(storage_path="/runs", num_workers=0)):
+        placement.check_storage_reach(train, nodes=two_nodes, scaling=GROWS)
+    placement.check_storage_reach(_train(storage_path="/runs"), nodes=[{"CPU": 2.0}], scaling=FIXED)
+    placement.check_storage_reach(_train(storage_path="/runs"), nodes=[{"CPU": 2.0}],
+                                  scaling=Autoscaling("unknown", "test: unreadable"))
 
 
 # ---------------------------------------------------------------------------- decisions

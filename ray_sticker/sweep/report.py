@@ -27,7 +27,7 @@ from ray_sticker.train.plots import png_bytes
 
 RESULTS = "results"
 BEST = "best.yaml"
-SKIPPED_METRICS = ("config", "checkpoint_path", "params_per_rank", "trial_id", "experiment_tag", "date",
+SKIPPED_METRICS = ("config", "checkpoint_path", "params_per_rank", "worker_nodes", "trial_id", "experiment_tag", "date",
                    "hostname", "node_ip", "pid", "timestamp", "time_this_iter_s", "time_total_s",
                    "time_since_restore", "iterations_since_restore", "training_iteration", "done")
 

@@ -107,7 +107,7 @@ def _check_model_field(arch: dict[str, Any], path: str, model: str, sweep: str) 
 def _check_trial_placement(spec: SweepSpec, base: dict[str, Any]) -> None:
     """Every trial's workers fit the cluster (see train/placement.py): else each trial would
     wait forever for them."""
-    from ray_sticker.train.placement import check_placement
+    from ray_sticker.train.placement import check_placement, check_storage_reach
 
     trains = {}
     for values in spec.representative_values():
@@ -115,6 +115,7 @@ def _check_trial_placement(spec: SweepSpec, base: dict[str, Any]) -> None:
         trains[(train.num_workers, train.cpus_per_worker, train.use_gpu)] = train
     for train in trains.values():
         check_placement(train, extra_cpus=_trial_resources(spec, train)["cpu"])
+        check_storage_reach(train.model_copy(update={"storage_path": expand(spec.storage_path)}))  # the trials' runs
 
 
 def _trial_resources(spec: SweepSpec, train) -> dict[str, float]:

@@ -97,7 +97,8 @@ def setup(plan: RunPlan, session) -> Worker:
     local_params, total_params = ds_engine.partition_numel(engine)
     facts = {"world_size": world, "zero_stage": cfg.deepspeed.zero_stage, "precision": precision,
              "params_total": total_params,
-             "params_per_rank": [int(x) for x in gather_arrays({"n": np.array([local_params])})["n"]]}
+             "params_per_rank": [int(x) for x in gather_arrays({"n": np.array([local_params])})["n"]],
+             "worker_nodes": [str(x) for x in gather_arrays({"node": np.array([session.node_id()])})["node"]]}
     worker = Worker(plan, session, device, engine, precision, plan.inputs.load_pool(device), facts)
     worker.log0("worker setup %.1fs: %s, %d parameters (%d on rank 0), ZeRO-%d, %s, %d workers",
                 time.perf_counter() - t0, cfg.model.name, total_params, local_params,

@@ -55,7 +55,8 @@ class Autoscaling:
 
 def worker_bundle(train: TrainConfig) -> dict[str, float]:
     """The resources of one training worker, as the trainer asks Ray Train for them."""
-    return {"CPU": float(train.cpus_per_worker), **({"GPU": 1.0} if train.use_gpu else {})}
+    return {"CPU": float(train.cpus_per_worker), **({"GPU": 1.0} if train.use_gpu else {}),
+            **{k: float(v) for k, v in train.worker_resources.items()}}
 
 
 def fit_on_node(bundle: dict[str, float], node: dict[str, float]) -> int:
@@ -64,9 +65,10 @@ def fit_on_node(bundle: dict[str, float], node: dict[str, float]) -> int:
     return max(0, min(counts)) if counts else 0
 
 
-def workers_that_fit(bundle: dict[str, float], nodes: list[dict[str, float]]) -> int:
-    """Bundles the nodes hold together, packed node by node."""
-    return sum(fit_on_node(bundle, node) for node in nodes)
+def workers_that_fit(bundle: dict[str, float], nodes: list[dict[str, float]], strategy: str = "PACK") -> int:
+    """Bundles the nodes hold together, packed node by node (one per node at STRICT_SPREAD)."""
+    per_node = [fit_on_node(bundle, node) for node in nodes]
+    return sum(min(n, 1) for n in per_node) if strategy == "STRICT_SPREAD" else sum(per_node)
 
 
 def alive_nodes() -> list[dict[str, float]]:
@@ -180,7 +182,7 @@ def check_placement(train: TrainConfig, extra_cpus: float = 0.0,
     connected cluster's."""
     bundle = worker_bundle(train)
     nodes = alive_nodes() if nodes is None else nodes
-    fit = workers_that_fit(bundle, nodes)
+    fit = workers_that_fit(bundle, nodes, train.placement_strategy)
     keys = list(bundle)
     wanted = f"train.num_workers={train.num_workers} workers of {_resources(bundle, keys)} each"
     if fit < train.num_workers:
@@ -219,3 +221,26 @@ def _may_still_start(bundle: dict[str, float], fit: int, scaling: Autoscaling) -
 
 def _resources(resources: dict[str, float], keys: list[str]) -> str:
     return "{" + ", ".join(f"{k}: {_num(resources.get(k, 0.0))}" for k in keys) + "}"
+
+
+def check_storage_reach(train: TrainConfig, nodes: list[dict[str, float]] | None = None,
+                        scaling: Autoscaling | None = None) -> None:
+    """Refuse a local ``train.storage_path`` where the run's processes may sit on several nodes:
+    each worker would write its checkpoint files to its own node's disk, where neither the
+    driver, nor the other ranks, nor a resume after the node is gone finds them. S3 and
+    ``train.storage_shared`` (every node mounts the path) pass, and so does local mode."""
+    from ray_sticker import storage
+
+    if train.num_workers == 0 or train.storage_shared or storage.is_s3(train.storage_path):
+        return
+    nodes = alive_nodes() if nodes is None else nodes
+    if len(nodes) > 1:
+        reason = f"the cluster has {len(nodes)} nodes"
+    else:
+        scaling = autoscaling() if scaling is None else scaling
+        if scaling.kind != "autoscaling":
+            return
+        reason = f"the cluster may add nodes ({scaling.source})"
+    raise ConfigError(f"train.storage_path={train.storage_path} is on a node's own disk and {reason}: workers on "
+                      "other nodes would write their checkpoints where no other node, and no resume, finds them; "
+                      "use an s3:// URI, or set train.storage_shared=true if every node mounts this path")

@@ -21,6 +21,11 @@ class RayTrainSession:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def device_index(self) -> int:
         import ray.train.torch
 
@@ -58,6 +63,11 @@ class LocalSession:
     callbacks: list = field(default_factory=list)
     rank: int = 0
     world: int = 1
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def device_index(self) -> int:
         import torch

@@ -54,12 +54,13 @@ def run_many(cfgs: list[ExperimentConfig], ray_address: str | None = None,
              callbacks: list | None = None) -> list[RunResult]:
     """Runs one after another on one Ray cluster; every config is checked, every dataset
     made and every run's workers checked against the cluster before the first run starts."""
-    from ray_sticker.train.placement import check_placement
+    from ray_sticker.train.placement import check_placement, check_storage_reach
 
     checked = [check_inputs(cfg) for cfg in cfgs]
     init_ray(ray_address)
     for inputs in checked:
         check_placement(inputs.cfg.train)  # Ray Train would wait forever for workers the cluster cannot place
+        check_storage_reach(inputs.cfg.train)
     return [fit(inputs, callbacks) for inputs in checked]
 
 
@@ -82,8 +83,10 @@ def plan_run(inputs: RunInputs) -> RunPlan:
 def scaling_config(train: TrainConfig):
     from ray.train import ScalingConfig
 
-    return ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                         resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})})
+    from ray_sticker.train.placement import worker_bundle
+
+    return ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=worker_bundle(train),
+                         placement_strategy=train.placement_strategy)
 
 
 def run_config(plan: RunPlan, callbacks: list):
