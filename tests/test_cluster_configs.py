@@ -9,6 +9,7 @@ depends on, and the runtime environment is built with ``ray.runtime_env.RuntimeE
 from __future__ import annotations
 
 import copy
+import json
 import shlex
 from pathlib import Path
 from typing import Any, Iterator
@@ -72,6 +73,7 @@ def test_aws_head_gets_no_training_work(aws):
 def test_aws_spot_type_and_instance_profiles(aws):
     types = aws["available_node_types"]
     assert types["gpu-1x-spot"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert types["gpu-1x-spot"]["resources"]["spot"] == 1  # train.worker_resources={spot: 1} asks for it
     assert (types["gpu-1x-spot"]["node_config"]["InstanceType"]
             == types["gpu-1x"]["node_config"]["InstanceType"])
     for name, node in types.items():
@@ -186,7 +188,13 @@ def test_raycluster_manifest(raycluster):
     spec = raycluster["spec"]
     _check_cluster_spec(spec)
     assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == 300
-    assert {g["groupName"] for g in spec["workerGroupSpecs"]} == {"gpu", "gpu-4x"}
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert groups.keys() == {"gpu", "gpu-4x", "gpu-spot"}
+    # The spot group: the gpu group's pods on spot capacity, offering the Ray resource "spot".
+    spot, gpu = groups["gpu-spot"], groups["gpu"]
+    assert spot["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "SPOT"}
+    assert json.loads(json.loads(spot["rayStartParams"]["resources"])) == {"spot": 1}
+    assert spot["template"]["spec"]["containers"] == gpu["template"]["spec"]["containers"]
     _check_credentials(raycluster)
 
 
@@ -216,6 +224,8 @@ def test_rayjob_entrypoint_is_a_valid_training_config(rayjob):
     cfg = load_config(name, overrides)
     assert cfg.train.use_gpu is True
     assert cfg.train.num_workers == 4
+    # Survives the loss of a node: restarts from its checkpoints, which every node reaches.
+    assert cfg.train.max_failures > 0 and cfg.train.storage_path.startswith("s3://") and cfg.train.run_name
 
 
 def test_rayjob_runtime_env(rayjob):
