@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 class RayTrainSession:
     """A Ray Train worker's."""
 
@@ -22,9 +29,7 @@ class RayTrainSession:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
 
     def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
+        return node_id()
 
     def device_index(self) -> int:
         import ray.train.torch
@@ -65,9 +70,7 @@ class LocalSession:
     world: int = 1
 
     def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        return node_id()
 
     def device_index(self) -> int:
         import torch
