@@ -285,10 +285,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ray_sticker.bench import run_bench
 
-    values = dict(vars(args))
-    if args.stages:
-        values["stages"] = [int(x) for x in args.stages.split(",") if x.strip()]
-    result = run_bench(args.what, values)
+    result = run_bench(args.what, dict(vars(args)))
     print(result.table())
     if args.json:
         result.write_json(args.json)
@@ -445,26 +442,34 @@ def _configs_parser(sub) -> None:
 
 def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: ingest (Ray Data), step (DeepSpeed step), zero (ZeRO memory), "
-                                          "load (model construction memory)",
+                                          "load (model construction memory), scale (pool and pipeline sizes)",
                        description="Measure the library beside a baseline in the same run and print ratios "
                                    "against goals: ingest = Ray Data preprocessing vs a single-process loop x "
                                    "cores and a torch DataLoader; step = a worker's DeepSpeed step (ZeRO 0/2) vs "
                                    "plain PyTorch, MFU on GPUs; zero = per-rank parameter and optimizer-state "
                                    "bytes under ZeRO 0-3 vs the ZeRO paper; load = per-rank peak memory while a "
-                                   "model is built and initialized, ZeRO-3 vs ZeRO-0. See BENCHMARKS.md.")
-    b.add_argument("what", choices=["ingest", "step", "zero", "load"])
+                                   "model is built and initialized, ZeRO-3 vs ZeRO-0; scale = the sticker pool's "
+                                   "gather rate and worker memory and the pipeline's samples/s at growing sizes, "
+                                   "against the smallest. See BENCHMARKS.md.")
+    b.add_argument("what", choices=["ingest", "step", "zero", "load", "scale"])
     b.add_argument("--config", help="experiment config (default m2sa-tiny; load: mmsair); data: a synthetic dataset of its task "
                                     "unless an override sets data.uri")
     b.add_argument("overrides", nargs="*", metavar="section.field=value", help="dotted config overrides")
     b.add_argument("--rows", type=int, help="rows of the synthetic dataset (ingest default 8000)")
-    b.add_argument("--image-px", type=int, help="ingest: side of the synthetic source images (default 48)")
+    b.add_argument("--image-px", type=int, help="ingest/scale: side of the synthetic source images (default 48)")
+    b.add_argument("--stickers", help="scale: pool sizes, comma-separated (default 10875,43500,174000)")
+    b.add_argument("--examples", help="scale: train rows, comma-separated (default 16125,64500,258000)")
+    b.add_argument("--batches", type=int, help="scale: candidate batches each worker gathers per pool (default 40)")
+    b.add_argument("--candidates", type=int, help="scale: candidates per example (default 10)")
+    b.add_argument("--cache-mb", type=float, help="scale: each worker's decoded-sticker cache (default 0)")
     b.add_argument("--batch-size", type=int, help="ingest: preprocessing and consumer batch (default: "
-                                                  "data.preprocess_batch_size); step/zero: train.batch_size")
+                                                  "data.preprocess_batch_size); step/zero: train.batch_size; "
+                                                  "scale: examples per batch (default 32)")
     b.add_argument("--steps", type=int, help="step: timed steps per repeat (default 40)")
     b.add_argument("--repeats", type=int, help="timed repeats, the median is reported (ingest 3, step 7)")
     b.add_argument("--warmup", type=int, help="untimed warm-up passes (ingest, 1) or steps (step, 5)")
     b.add_argument("--workers", type=int, help="zero/load: ranks (default 2); ingest: cores for Ray Data and the "
-                                               "DataLoader (default: all)")
+                                               "DataLoader (default: all); scale: worker processes (default 2)")
     b.add_argument("--stages", help="ZeRO stages, comma-separated (step: 0,2; zero: 0,1,2,3; load: 0,3)")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], help="step: where to run (default auto)")
     b.add_argument("--compile", action="store_true", default=None, help="step: add torch.compile variants")

@@ -89,6 +89,11 @@ class DataConfig(_Section):
         description="selection: rank each example's candidates (MAP, R@k) or, for two-tower models, the "
                     "whole sticker pool (P@k, mAP with intention relevance, PR curve)",
     )
+    pool_cache_mb: float = Field(
+        default=256.0, ge=0.0,
+        description="selection: the pool stays encoded, shared through the object store; each worker keeps at "
+                    "most this many MiB of recently decoded stickers (0: decode every candidate every time)",
+    )
     eval_by: str | None = Field(
         default=None,
         description="classification: evaluation also reports accuracy, weighted-F1 and macro-F1 per value of this "

@@ -145,6 +145,20 @@ def test_ingest_smoke(ray_cluster, tmp_path, capsys):
     assert {r["goal"] for r in ray_rows} == {">= 0.8", ">= 1", ""}
 
 
+@pytest.mark.ray
+def test_scale_smoke(ray_cluster, tmp_path, capsys):
+    path = tmp_path / "scale.json"
+    assert cli.main(["-q", "bench", "scale", "--stickers", "56,224", "--examples", "400,1600", "--batches", "4",
+                     "--batch-size", "8", "--json", str(path)]) == 0
+    assert "224 stickers" in capsys.readouterr().out
+    rows = _rows(path)
+    assert [r["size"] for r in rows] == ["56 stickers"] * 3 + ["224 stickers"] * 3 + ["400 rows"] * 2 + ["1,600 rows"] * 2
+    judged = [r for r in rows if r["goal"]]
+    assert [r["variant"] for r in judged] == ["pool: gather per worker", "pool: worker memory (USS)", "pipeline: steady"]
+    assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in judged)
+    assert all(r["value"] > 0 for r in rows)
+
+
 def test_gpu_check_script_runs_its_cpu_path_without_ray(tmp_path):
     """jobs/gpu_check.sh's run on this machine (device cpu, the tiny config, no compile): with
     Ray not importable, as on the GPU host, it writes the step figures as JSON."""

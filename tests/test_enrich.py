@@ -134,7 +134,8 @@ def test_plan_fails_before_ray_naming_the_problem(tmp_path, monkeypatch):
 @pytest.mark.s3
 @pytest.mark.slow
 def test_sticker_descriptions_on_s3_published_and_read_by_the_pool_loader(ray_cluster, s3_env, s3_bucket):
-    from ray_sticker.data.pipeline import PoolSpec, TextInput, load_sticker_pool, read_sticker_ids
+    from ray_sticker.data.pipeline import PoolSpec, TextInput, read_sticker_ids
+    from ray_sticker.data.pool import read_pool
     from ray_sticker.data.text import TINY_TOKENIZER
 
     uri = f"{s3_bucket}/datasets/select"
@@ -167,8 +168,8 @@ def test_sticker_descriptions_on_s3_published_and_read_by_the_pool_loader(ray_cl
         assert _table(uri, f"examples/{split}").equals(table), split
 
     ids = read_sticker_ids(uri)
-    pool = load_sticker_pool(uri, PoolSpec(texts=(TextInput("desc", tuple(DESC), TINY_TOKENIZER, 12, separate=True),),
-                                           use_image=False), ids)
+    pool = read_pool(uri, PoolSpec(texts=(TextInput("desc", tuple(DESC), TINY_TOKENIZER, 12, separate=True),),
+                                   use_image=False), ids).texts
     assert pool["desc_input_ids"].shape == (28, 4, 12)
     assert (pool["desc_attention_mask"].sum(-1) > 2).all()  # every description holds words
 

@@ -14,10 +14,10 @@ from ray_sticker.data.pipeline import (
     PreprocessSpec,
     TextInput,
     count_skips,
-    load_sticker_pool,
     preprocess_batch,
     read_sticker_ids,
 )
+from ray_sticker.data.pool import StickerPool, read_pool
 from ray_sticker.data.text import TINY_TOKENIZER, load_tokenizer
 
 K = synthetic_select.NUM_CANDIDATES
@@ -142,14 +142,14 @@ def test_sticker_pool_in_the_given_order_with_texts_and_labels(dataset):
     ids = read_sticker_ids(uri)[::-1]
     spec = PoolSpec(texts=(TextInput("desc", ("desc_gesture", "desc_posture", "desc_facial", "desc_verbal"),
                                      TINY_TOKENIZER, 6, separate=True),), image_size=16)
-    pool = load_sticker_pool(uri, spec, ids)
+    pool = StickerPool(read_pool(uri, spec, ids)).rows(np.arange(len(ids)))
     n = len(ids)
     assert pool["pixel_values"].shape == (n, 3, 16, 16) and pool["pixel_values"].dtype == np.uint8
     assert pool["desc_input_ids"].shape == (n, 4, 6)
     e, i = int(ids[0][3]), int(ids[0][4])  # st-<e><i><k>
     assert pool["emotion"][0] == e and pool["intent"][0] == i
     with pytest.raises(DataQualityError, match="lacks stickers"):
-        load_sticker_pool(uri, spec, ids + ["ghost"])
+        read_pool(uri, spec, ids + ["ghost"])
 
 
 def test_corrupt_sticker_images_fail_above_the_threshold(tmp_path):
@@ -161,6 +161,8 @@ def test_corrupt_sticker_images_fail_above_the_threshold(tmp_path):
     pa.parquet.write_table(stickers, tmp_path / "stickers" / "part-00000.parquet")
     ids = read_sticker_ids(str(tmp_path))
     with pytest.raises(DataQualityError, match="1 of 28 images unusable"):
-        load_sticker_pool(str(tmp_path), PoolSpec(image_size=8), ids, max_corrupt_fraction=0.0)
-    pool = load_sticker_pool(str(tmp_path), PoolSpec(image_size=8), ids, max_corrupt_fraction=0.05)
-    assert (pool["pixel_values"][0] == 128).all()
+        read_pool(str(tmp_path), PoolSpec(image_size=8), ids, max_corrupt_fraction=0.0)
+    pool = StickerPool(read_pool(str(tmp_path), PoolSpec(image_size=8), ids, max_corrupt_fraction=0.05))
+    pixels = pool.rows(np.array([[0, 1], [1, 0]]))["pixel_values"]
+    assert pixels.shape == (2, 2, 3, 8, 8) and (pixels[0, 0] == 128).all() and (pixels[1, 1] == 128).all()
+    assert not (pixels[0, 1] == 128).all()

@@ -8,6 +8,7 @@ import torch
 
 from ray_sticker.config import load_config
 from ray_sticker.data.candidates import redraw_candidates
+from ray_sticker.data.pool import EncodedPool, StickerPool
 from ray_sticker.train.batches import attach_candidates, prepare_train_batch
 
 POOL, K = 50, 5
@@ -33,41 +34,57 @@ def test_redraw_candidates_fresh_each_epoch_and_the_same_after_a_resume():
         redraw_candidates(positive[:1], keys[:1], 4, K, 42, 0)
 
 
-def _selection_batch() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def pool_of(pixels: np.ndarray, intent: np.ndarray) -> StickerPool:
+    """A pool of these uint8 (N, 3, S, S) images (as PNG: lossless) and intent labels."""
+    import io
+
+    from PIL import Image
+
+    encoded = []
+    for p in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(p.transpose(1, 2, 0)).save(buf, format="PNG")
+        encoded.append(np.frombuffer(buf.getvalue(), np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
+    return StickerPool(EncodedPool(np.concatenate(encoded), offsets, np.ones(len(pixels), bool), {},
+                                   {"intent": intent}, pixels.shape[-1]))
+
+
+def _selection_batch() -> tuple[dict[str, torch.Tensor], StickerPool, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    pool = {"pixel_values": torch.randint(0, 256, (POOL, 3, 16, 16), dtype=torch.uint8, generator=gen),
-            "intent": torch.arange(POOL)}
+    pixels = torch.randint(0, 256, (POOL, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    pool = pool_of(pixels.numpy(), np.arange(POOL))
     batch = {"candidate_idx": torch.tensor([[3, 1, 2, 0, 4], [9, 8, 7, 6, 5]]), "target": torch.tensor([3, 0]),
              "candidate_key": torch.tensor([77, -1]),  # row 0 drawn from the pool, row 1 stored
              "pixel_values": torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=gen)}
-    return batch, pool
+    return batch, pool, pixels
 
 
 def test_only_drawn_candidate_sets_are_redrawn():
-    batch, pool = _selection_batch()
+    batch, pool, pixels = _selection_batch()
     fixed = attach_candidates(dict(batch), pool)
+    assert torch.equal(fixed["candidate_pixel_values"], pixels[batch["candidate_idx"]])  # decoded as stored
     assert "candidate_key" not in fixed  # read here, never seen by a model
     assert fixed["candidate_idx"].tolist() == batch["candidate_idx"].tolist()
     epochs = [attach_candidates(dict(batch), pool, redraw=(42, e)) for e in range(3)]
     for out in epochs:
         assert out["candidate_idx"][1].tolist() == [9, 8, 7, 6, 5] and int(out["target"][1]) == 0  # stored: kept
         assert int(out["candidate_idx"][0, out["target"][0]]) == 0  # the positive (pool row 0) stays
-        assert torch.equal(out["candidate_intent"], pool["intent"][out["candidate_idx"]])
+        assert torch.equal(out["candidate_intent"], torch.arange(POOL)[out["candidate_idx"]])
     assert len({tuple(out["candidate_idx"][0].tolist()) for out in epochs}) == 3
     assert batch["candidate_idx"].tolist()[0] == [3, 1, 2, 0, 4]  # the pipeline's batch is not altered
 
 
 def test_training_augments_the_candidate_stickers_too_and_leaves_the_pool_alone():
-    batch, pool = _selection_batch()
-    pool_before = pool["pixel_values"].clone()
+    batch, pool, pixels = _selection_batch()
     cfg = load_config("eigml-tiny", ["data.augment=true"])
     out = prepare_train_batch(dict(batch), pool, cfg, 0, torch.Generator().manual_seed(1))
-    plain = pool["pixel_values"][out["candidate_idx"]]
+    plain = pixels[out["candidate_idx"]]
     assert out["candidate_pixel_values"].shape == plain.shape == (2, K, 3, 16, 16)
     changed = [not torch.equal(out["candidate_pixel_values"][b, k], plain[b, k]) for b in range(2) for k in range(K)]
     assert sum(changed) >= 8, changed  # cropped and flipped per sticker (rarely an identity)
     assert not torch.equal(out["pixel_values"], batch["pixel_values"])
-    assert torch.equal(pool["pixel_values"], pool_before)
+    assert torch.equal(torch.from_numpy(pool.rows(np.arange(POOL))["pixel_values"]), pixels)  # the pool's own rows
     again = prepare_train_batch(dict(batch), pool, cfg, 0, torch.Generator().manual_seed(1))
     assert torch.equal(again["candidate_pixel_values"], out["candidate_pixel_values"])  # seeded
     off = prepare_train_batch(dict(batch), pool, load_config("eigml-tiny", ["data.augment=false"]), 0,

@@ -8,7 +8,9 @@ own code beside a baseline in the same run and prints one table of ratios agains
 - ``zero``: per-rank parameter and optimizer-state bytes under ZeRO 0-3 vs the ZeRO paper
   (bench/zero.py);
 - ``load``: per-rank peak memory while a model is built and initialized, ZeRO-3 (built
-  partitioned) vs ZeRO-0, against the model's bytes (bench/load.py).
+  partitioned) vs ZeRO-0, against the model's bytes (bench/load.py);
+- ``scale``: the sticker pool's gather rate and per-worker memory, and the pipeline's samples/s,
+  at growing sizes up to the papers' real ones, against the smallest size (bench/scale.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from ray_sticker.bench.report import BenchResult
 
-BENCHES = ("ingest", "step", "zero", "load")
+BENCHES = ("ingest", "step", "zero", "load", "scale")
 
 
 def _options_class(what: str):
@@ -38,6 +40,10 @@ def _options_class(what: str):
         from ray_sticker.bench.load import LoadOptions
 
         return LoadOptions
+    if what == "scale":
+        from ray_sticker.bench.scale import ScaleOptions
+
+        return ScaleOptions
     raise ValueError(f"unknown benchmark '{what}'; available: {', '.join(BENCHES)}")
 
 
@@ -47,8 +53,12 @@ def make_options(what: str, values: dict[str, Any]):
     cls = _options_class(what)
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in values.items() if k in names and v is not None}
-    if "stages" in given:
-        given["stages"] = tuple(int(s) for s in given["stages"])
+    for name in ("stages", "stickers", "examples"):  # integers, as a list or comma-separated
+        value = given.get(name)
+        if isinstance(value, str):
+            value = value.split(",")
+        if value is not None:
+            given[name] = tuple(int(s) for s in value if str(s).strip())
     return cls(**given)
 
 
@@ -67,6 +77,10 @@ def run_bench(what: str, values: dict[str, Any] | None = None) -> BenchResult:
         from ray_sticker.bench.zero import run_zero
 
         return run_zero(opts)
+    if what == "scale":
+        from ray_sticker.bench.scale import run_scale
+
+        return run_scale(opts)
     from ray_sticker.bench.load import run_load
 
     return run_load(opts)

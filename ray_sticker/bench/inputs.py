@@ -121,14 +121,14 @@ def sample_batch(inputs: BenchInputs, batch_size: int) -> dict[str, np.ndarray]:
     return out
 
 
-def torch_batch(batch: dict[str, np.ndarray], pool: dict[str, Any] | None, device) -> dict[str, Any]:
-    """A numpy batch on ``device``, with its candidates gathered from the pool (selection, the
-    tensors of ``RunInputs.load_pool``), as the training loop hands it to the model."""
+def torch_batch(batch: dict[str, np.ndarray], pool, device) -> dict[str, Any]:
+    """A numpy batch on ``device``, with its candidates gathered from the pool (selection,
+    ``RunInputs.load_pool``), as the training loop hands it to the model."""
     import torch
 
     from ray_sticker.train.batches import attach_candidates
 
     out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
     if pool is not None:
-        out = attach_candidates(out, {k: v.to(device) for k, v in pool.items()})
+        out = attach_candidates(out, pool)
     return out

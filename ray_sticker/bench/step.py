@@ -188,7 +188,7 @@ def _pipeline_run(inputs, engine, opts: StepOptions, batch_size: int, device: to
 
     cfg = inputs.cfg
     init_ray(opts.address)
-    pool_t = inputs.run.load_pool(device)
+    pool = inputs.run.load_pool()
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     wanted = opts.warmup + opts.steps * opts.repeats
     waited = stepped = 0.0
@@ -205,7 +205,7 @@ def _pipeline_run(inputs, engine, opts: StepOptions, batch_size: int, device: to
             t1 = time.perf_counter()
             batch.pop("skip")
             batch.pop("truncated", None)
-            batch = prepare_train_batch(batch, pool_t, cfg, 0, generator)
+            batch = prepare_train_batch(batch, pool, cfg, 0, generator)
             out = engine(batch)
             engine.backward(out.loss)
             engine.step()

@@ -13,9 +13,9 @@ inputs, optional labels, and for selection the candidates' rows in the sticker p
 (``candidate_idx``), the positive's position (``target``) and, for sets drawn rather than
 stored, the key by which training redraws them (``candidate_key``). With ``group_column`` each
 row also carries that column's value as UTF-8 bytes (``group_bytes``, ``GROUP_BYTES`` wide), by
-which evaluation reports metrics per group (M2SA: per language). The pool itself — decoded
-sticker images and tokenized sticker texts — is loaded once per worker by
-:func:`load_sticker_pool`; the training loop gathers each batch's candidates from it.
+which evaluation reports metrics per group (M2SA: per language). The pool itself — encoded
+sticker images and tokenized sticker texts — is read once per run and shared (data/pool.py); the
+training loop gathers and decodes each batch's candidates from it.
 """
 
 from __future__ import annotations
@@ -397,7 +397,7 @@ class PoolSpec:
 
 def read_sticker_ids(uri: str) -> list[str]:
     """The pool's sticker ids in pool order (the order of the stickers table's files and rows)."""
-    table = _read_stickers(uri, ["sticker_id"])
+    table, _ = read_stickers(uri, ["sticker_id"])
     ids = table["sticker_id"].to_pylist()
     dupes = sorted(s for s, n in collections.Counter(ids).items() if n > 1)
     if dupes:
@@ -416,55 +416,11 @@ def stickers_schema(uri: str):
     return _stickers_dataset(uri).schema
 
 
-def _read_stickers(uri: str, columns: list[str]):
+def read_stickers(uri: str, columns: list[str], optional: tuple[str, ...] = ()) -> tuple[pa.Table, str]:
+    """The stickers table's ``columns`` (each required) and those of ``optional`` it has, and
+    where the table is (for messages)."""
     ds = _stickers_dataset(uri)
-    schema.check_columns(ds.schema, columns, f"stickers table {schema.stickers_uri(schema.tables_uri(uri))}")
-    return ds.to_table(columns=columns)
-
-
-def load_sticker_pool(uri: str, spec: PoolSpec, ids: list[str], max_corrupt_fraction: float = 0.0
-                      ) -> dict[str, np.ndarray]:
-    """The decoded pool, rows in the order of ``ids``: ``pixel_values`` (N, 3, H, W) uint8, the
-    sticker text inputs, and ``emotion`` / ``intent`` (-1 where unlabelled). A sticker whose
-    image cannot be decoded stays in the pool as a gray image, counted; above
-    ``max_corrupt_fraction`` of the pool the run fails naming them."""
-    columns = ["sticker_id"]
-    for t in spec.texts:
-        columns += [c for c in t.columns if c not in columns]
-    if spec.use_image:
-        columns.append("image")
-    present = stickers_schema(uri).names
-    table = _read_stickers(uri, columns + [c for c in spec.label_columns if c in present and c not in columns])
-    order = {sid: i for i, sid in enumerate(table["sticker_id"].to_pylist())}
-    missing = [s for s in ids if s not in order]
-    if missing:
-        raise DataQualityError(f"stickers table {schema.stickers_uri(schema.tables_uri(uri))} lacks stickers {missing[:5]}")
-    table = table.take(pa.array([order[s] for s in ids], type=pa.int64()))
-    n = table.num_rows
-    batch = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
-    pool, truncated = tokenize_inputs(batch, spec.texts, n)
-    if truncated.any():
-        log.info("stickers table of %s: %d of %d stickers have text cut at its max_length",
-                 uri, int(np.count_nonzero(truncated)), n)
-    if spec.use_image:
-        pixels = np.zeros((n, 3, spec.image_size, spec.image_size), dtype=np.uint8)
-        bad = []
-        for i, data in enumerate(batch["image"]):
-            try:
-                pixels[i] = eval_transform(decode_image(data), spec.image_size)
-            except (ImageDecodeError, TypeError) as exc:
-                bad.append(f"{ids[i]} ({exc})")
-                pixels[i] = 128
-        if bad:
-            msg = f"stickers table {schema.stickers_uri(schema.tables_uri(uri))}: {len(bad)} of {n} images unusable: {bad[:3]}"
-            if len(bad) / n > max_corrupt_fraction:
-                raise DataQualityError(msg + f", above data.max_corrupt_fraction={max_corrupt_fraction}")
-            log.warning("%s; they stay in the pool as gray images", msg)
-        pool["pixel_values"] = pixels
-    for c in spec.label_columns:
-        if c in batch:
-            pool[c] = np.array([-1 if v is None else int(v) for v in table[c].to_pylist()], dtype=np.int64)
-        else:
-            pool[c] = np.full(n, -1, dtype=np.int64)
-    return pool
-
+    where = schema.stickers_uri(schema.tables_uri(uri))
+    schema.check_columns(ds.schema, columns, f"stickers table {where}")
+    extra = [c for c in optional if c in ds.schema.names and c not in columns]
+    return ds.to_table(columns=columns + extra), where

@@ -201,6 +201,10 @@ class ClipDualEncoder(nn.Module):
     def embed_stickers(self, pool: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encode_image(pool["pixel_values"])
 
+    def sticker_parameters(self):
+        """What :meth:`embed_stickers` depends on (frozen: its pool embeddings are kept for the run)."""
+        return self.vision.parameters() if self.vision is not None else iter(())
+
     def query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The fused classification query ``(B, D)``, unit norm."""
         if self.fusion == "image":

@@ -63,6 +63,8 @@ takes open_clip's ``ViT-B-16`` with OpenAI weights.
 
 from __future__ import annotations
 
+import itertools
+
 from typing import Any
 
 import torch
@@ -209,6 +211,11 @@ class IntRA(nn.Module):
     def embed_stickers(self, pool: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unit-norm sticker vectors ``(N, d)`` in fp32."""
         return F.normalize(self._sticker(pool).float(), dim=-1)
+
+    def sticker_parameters(self):
+        """What :meth:`embed_stickers` depends on (frozen: its pool embeddings are kept for the run)."""
+        parts = [self.vision, self.f_vis] + ([self.text, self.f_des, self.relation] if self.use_attribute else [])
+        return itertools.chain.from_iterable(m.parameters() for m in parts)
 
     # ---------------------------------------------------------------------- forward
 

@@ -6,7 +6,7 @@ and what training alone adds (fresh negatives, augmentation)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ import torch
 from ray_sticker.config import ExperimentConfig
 from ray_sticker.data.pipeline import SKIP_OK, SKIP_REASONS, DataQualityError, count_skips
 from ray_sticker.train.metrics import all_reduce_sum
+
+if TYPE_CHECKING:
+    from ray_sticker.data.pool import StickerPool
 
 
 class RowCodes(NamedTuple):
@@ -40,21 +43,21 @@ def keep_usable(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return {k: v[keep] for k, v in batch.items()}, codes, empty
 
 
-def attach_candidates(batch: dict[str, torch.Tensor], pool: dict[str, torch.Tensor],
+def attach_candidates(batch: dict[str, torch.Tensor], pool: "StickerPool",
                       redraw: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-    """Gather the candidates' pool rows into the batch as ``candidate_<key>`` (B, K, ...).
-    ``redraw=(seed, epoch)``: first draw anew the sets the pipeline drew (``candidate_key`` >= 0)
-    for that epoch (data/candidates.py); the sets a dataset stores are kept."""
+    """Gather the candidates' pool rows into the batch as ``candidate_<key>`` (B, K, ...), their
+    images decoded here (data/pool.py). ``redraw=(seed, epoch)``: first draw anew the sets the
+    pipeline drew (``candidate_key`` >= 0) for that epoch (data/candidates.py); the sets a
+    dataset stores are kept."""
     keys = batch.pop("candidate_key", None)
     if redraw is not None and keys is not None:
-        _redraw(batch, keys, next(iter(pool.values())).shape[0], *redraw)
-    idx = batch["candidate_idx"]
-    for key, value in pool.items():
-        batch[f"candidate_{key}"] = value[idx]
+        _redraw(batch, keys, len(pool), *redraw)
+    for key, value in pool.take(batch["candidate_idx"]).items():
+        batch[f"candidate_{key}"] = value
     return batch
 
 
-def prepare_train_batch(batch: dict[str, torch.Tensor], pool: dict[str, torch.Tensor] | None,
+def prepare_train_batch(batch: dict[str, torch.Tensor], pool: "StickerPool | None",
                         cfg: ExperimentConfig, epoch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """What training adds to a usable batch: its candidates from the pool (selection; redrawn
     for the epoch where ``data.train_negatives`` says so) and, with ``data.augment``, a random

@@ -23,19 +23,23 @@ import torch
 
 from ray_sticker.config import ConfigError, ExperimentConfig
 from ray_sticker.data.pipeline import DataQualityError, decode_texts
+from ray_sticker.data.pool import StickerPool
 from ray_sticker.train import metrics as M
 from ray_sticker.train.batches import SkipCounter, attach_candidates, keep_usable
 
 
 def evaluate(runner, split, cfg: ExperimentConfig, batch_size: int, device: torch.device | str = "cpu",
-             pool: dict[str, torch.Tensor] | None = None, filler: dict[str, torch.Tensor] | None = None,
-             prefix: str = "val_", where: str = "validation") -> tuple[dict[str, float], dict[str, Any]]:
+             pool: StickerPool | None = None, filler: dict[str, torch.Tensor] | None = None,
+             prefix: str = "val_", where: str = "validation", frozen_embeddings: dict | None = None
+             ) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics of ``runner`` (a DeepSpeed engine or a plain model) over ``split`` (this rank's
     shard, or a whole Ray Dataset), gathered over ranks and named ``<prefix><metric>``, and the
     artifacts to plot. Rows the pipeline skipped are counted, and fail the evaluation above
     ``data.max_corrupt_fraction`` (the error names the split as ``where``). Shards may differ in size (no row dropped): inside a
     process group, ranks that run out keep running forward on a filler batch (their last
-    batch, or ``filler``), discarded, until all are done, so ZeRO-3's collectives stay matched."""
+    batch, or ``filler``), discarded, until all are done, so ZeRO-3's collectives stay matched.
+    ``frozen_embeddings``: a dict the caller keeps across evaluations, where the pool's
+    embeddings are kept when the model's sticker tower is frozen (computed once per run)."""
     model = getattr(runner, "module", runner)
     heads = dict(getattr(model, "heads_spec", {}))
     full_pool = pool is not None and cfg.data.eval_candidates == "pool"
@@ -43,7 +47,7 @@ def evaluate(runner, split, cfg: ExperimentConfig, batch_size: int, device: torc
         raise ConfigError(f"data.eval_candidates=pool needs a two-tower model (embed_queries/embed_stickers); "
                           f"'{cfg.model.name}' scores candidates jointly: use eval_candidates=candidates")
     acc = Evaluation(heads, select=pool is not None,
-                     pool_relevance=pool["intent"].cpu().numpy() if full_pool else None,
+                     pool_relevance=pool.labels["intent"] if full_pool else None,
                      grouped=cfg.data.eval_by is not None)
     skips = SkipCounter()
     collective = M.distributed() is not None
@@ -57,7 +61,7 @@ def evaluate(runner, split, cfg: ExperimentConfig, batch_size: int, device: torc
     was_training = runner.training
     runner.eval()
     with torch.no_grad():
-        sticker_emb = embed_pool(model, pool, batch_size) if full_pool else None
+        sticker_emb = pool_embeddings(model, pool, batch_size, device, frozen_embeddings) if full_pool else None
         while True:
             batch = next(it, None)
             if not collective and batch is None:
@@ -88,7 +92,7 @@ def evaluate(runner, split, cfg: ExperimentConfig, batch_size: int, device: torc
     return {f"{prefix}{k}": v for k, v in metrics.items()}, artifacts
 
 
-def _batch_from_any_rank(batch: dict[str, torch.Tensor] | None, pool: dict[str, torch.Tensor] | None,
+def _batch_from_any_rank(batch: dict[str, torch.Tensor] | None, pool: StickerPool | None,
                          device: torch.device | str) -> dict[str, torch.Tensor] | None:
     """A usable batch from the first rank that has one (all ranks call this), on ``device``."""
     dist = M.distributed()
@@ -105,12 +109,39 @@ def _batch_from_any_rank(batch: dict[str, torch.Tensor] | None, pool: dict[str, 
     return attach_candidates(found, pool) if pool is not None else found
 
 
-def embed_pool(model, pool: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-    """``model.embed_stickers`` over the whole pool in chunks (every rank the same chunks, so
-    ZeRO-3's parameter gathers stay matched); L2-normalised (N, D)."""
-    n = next(iter(pool.values())).shape[0]
-    parts = [model.embed_stickers({k: v[i:i + batch_size] for k, v in pool.items()}) for i in range(0, n, batch_size)]
-    return torch.nn.functional.normalize(torch.cat(parts).float(), dim=-1)
+def pool_embeddings(model, pool: StickerPool, batch_size: int, device: torch.device | str,
+                    frozen: dict | None) -> torch.Tensor:
+    """:func:`embed_pool`, or its result kept in ``frozen`` when the model's sticker tower has no
+    trainable parameter (``model.sticker_parameters()``): its embeddings cannot change."""
+    if frozen is not None and "pool" in frozen:
+        return frozen["pool"]
+    emb = embed_pool(model, pool, batch_size, device)
+    params = getattr(model, "sticker_parameters", None)
+    if frozen is not None and params is not None and not any(p.requires_grad for p in params()):
+        frozen["pool"] = emb
+    return emb
+
+
+def embed_pool(model, pool: StickerPool, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``model.embed_stickers`` over the whole pool, L2-normalised ``(N, D)`` fp32, on every rank.
+    The pool is cut in chunks of ``batch_size`` stickers, decoded as they are embedded (memory
+    bounded by a chunk); each rank embeds a contiguous share of the chunks and the shares are
+    gathered in pool order. Every rank runs as many forwards (a rank short of chunks repeats
+    one, discarded), so ZeRO-3's parameter gathers stay matched."""
+    dist = M.distributed()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
+    chunks = list(pool.chunks(batch_size))
+    per_rank = -(-len(chunks) // world)
+    mine = chunks[rank * per_rank:(rank + 1) * per_rank]
+    parts, width = [], 0
+    for j in range(per_rank):
+        rows = mine[j] if j < len(mine) else chunks[0]
+        emb = model.embed_stickers(pool.take(torch.as_tensor(rows, device=device)))
+        width = emb.shape[-1]
+        if j < len(mine):
+            parts.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
+    local = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+    return torch.from_numpy(M.gather_arrays({"emb": local})["emb"]).to(device)
 
 
 def pool_scores(model, batch: dict[str, torch.Tensor], sticker_emb: torch.Tensor) -> torch.Tensor:

@@ -20,14 +20,12 @@ from ray_sticker.data.pipeline import (
     PoolSpec,
     PreprocessSpec,
     TextInput,
-    load_sticker_pool,
     read_sticker_ids,
 )
 from ray_sticker.data.synonyms import SynonymSpec, load_synonyms
 
 if TYPE_CHECKING:
-    import torch
-
+    from ray_sticker.data.pool import StickerPool
     from ray_sticker.train.tracking import TrackingConfig
 
 log = logging.getLogger("ray_sticker.train")
@@ -64,15 +62,29 @@ class RunInputs:
     def train_rows(self) -> int:
         return self.manifest.splits[self.cfg.data.train_split]
 
-    def load_pool(self, device: "torch.device | str" = "cpu") -> "dict[str, torch.Tensor] | None":
-        """The decoded sticker pool on ``device`` (selection), else None: the one place it is loaded."""
+    def share_pool(self):
+        """Selection: the ObjectRef of the encoded pool, read by a Ray task into the object store
+        (data/pool.py), which :meth:`load_pool` of every worker maps; else None."""
         if self.pool is None:
             return None
-        import torch
+        from ray_sticker.data.pool import share_pool
 
-        arrays = load_sticker_pool(self.cfg.data.uri, self.pool, list(self.sticker_ids),
-                                   self.cfg.data.max_corrupt_fraction)
-        return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+        return share_pool(self.cfg.data.uri, self.pool, list(self.sticker_ids), self.cfg.data.max_corrupt_fraction)
+
+    def load_pool(self, shared=None) -> "StickerPool | None":
+        """Selection: this process's view of the sticker pool, the one in the object store when
+        ``shared`` (from :meth:`share_pool`) is given, else read here; else None."""
+        if self.pool is None:
+            return None
+        from ray_sticker.data.pool import StickerPool, read_pool
+
+        if shared is not None:
+            import ray
+
+            encoded = ray.get(shared)
+        else:
+            encoded = read_pool(self.cfg.data.uri, self.pool, list(self.sticker_ids), self.cfg.data.max_corrupt_fraction)
+        return StickerPool(encoded, self.cfg.data.pool_cache_mb, threads=int(self.cfg.train.cpus_per_worker))
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,7 @@ class RunPlan:
     run_dir: str
     export_uri: str | None
     tracking: "TrackingConfig"
+    pool: Any = None  # selection: ObjectRef of the encoded sticker pool (RunInputs.share_pool)
 
 
 def ensure_dataset(cfg: ExperimentConfig) -> schema.Manifest:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ray_sticker.data.pipeline import SKIP_OK
+from ray_sticker.data.pool import StickerPool
 from ray_sticker.runtime import worker_logging
 from ray_sticker.train import checkpoints as ckpt
 from ray_sticker.train import engine as ds_engine
@@ -55,11 +56,12 @@ class Worker:
     device: torch.device
     engine: Any
     precision: str
-    pool: dict[str, torch.Tensor] | None
+    pool: StickerPool | None
     facts: dict[str, Any]  # what every epoch's metrics repeat: world size, stage, parameters
     tracker: Any = None  # rank 0's Tracker
     global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    frozen_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # evaluate(): a frozen sticker tower's
 
     @property
     def cfg(self):
@@ -99,7 +101,7 @@ def setup(plan: RunPlan, session) -> Worker:
              "params_total": total_params,
              "params_per_rank": [int(x) for x in gather_arrays({"n": np.array([local_params])})["n"]],
              "worker_nodes": [str(x) for x in gather_arrays({"node": np.array([session.node_id()])})["node"]]}
-    worker = Worker(plan, session, device, engine, precision, plan.inputs.load_pool(device), facts)
+    worker = Worker(plan, session, device, engine, precision, plan.inputs.load_pool(plan.pool), facts)
     worker.log0("worker setup %.1fs: %s, %d parameters (%d on rank 0), ZeRO-%d, %s, %d workers",
                 time.perf_counter() - t0, cfg.model.name, total_params, local_params,
                 cfg.deepspeed.zero_stage, precision, world)
@@ -197,7 +199,7 @@ def _log_step(worker: Worker, epoch: int, loss: float, samples_per_s: float, wai
 
 def validate(worker: Worker, filler: dict[str, torch.Tensor] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return evaluate(worker.engine, worker.session.dataset(VALIDATION), worker.cfg, worker.cfg.train.batch_size,
-                    worker.device, worker.pool, filler)
+                    worker.device, worker.pool, filler, frozen_embeddings=worker.frozen_embeddings)
 
 
 def finish_epoch(worker: Worker, metrics: dict[str, Any], artifacts: dict[str, Any], t_epoch: float) -> None:

@@ -69,7 +69,8 @@ def default_run_name(cfg: ExperimentConfig) -> str:
 
 
 def plan_run(inputs: RunInputs) -> RunPlan:
-    """Name the run and its outputs (``$MLFLOW_TRACKING_URI`` is read here, on the driver)."""
+    """Name the run and its outputs (``$MLFLOW_TRACKING_URI`` is read here, on the driver), and
+    share the sticker pool of a selection run through the object store."""
     from ray_sticker.train.tracking import TrackingConfig
 
     cfg = inputs.cfg
@@ -77,7 +78,7 @@ def plan_run(inputs: RunInputs) -> RunPlan:
     run_dir = storage.join(cfg.train.storage_path, name)
     return RunPlan(inputs=inputs, run_name=name, run_dir=run_dir,
                    export_uri=storage.join(run_dir, "export") if cfg.train.export else None,
-                   tracking=TrackingConfig.from_env(run_dir, name, cfg.name))
+                   tracking=TrackingConfig.from_env(run_dir, name, cfg.name), pool=inputs.share_pool())
 
 
 def scaling_config(train: TrainConfig):

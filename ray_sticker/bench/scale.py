@@ -1,0 +1,252 @@
+"""``ray-sticker bench scale``: the sticker pool and the pipeline at growing sizes, up to the
+papers' real ones (StickerChat's pool of 174k stickers, M2SA's 258k examples), each size's
+figures against the smallest size's, measured in the same run.
+
+- pool: the stickers table is read once into the object store (data/pool.py, its time and
+  bytes reported); then ``--workers`` fresh processes, as training workers do, map it and gather
+  ``--batches`` batches of ``--batch-size`` x ``--candidates`` random stickers, decoding each (no
+  decode cache unless ``--cache-mb``). Goals: candidates/s within 10% of the smallest pool's, and
+  each worker's own memory (USS: what is not shared with the object store) within 10% of the
+  smallest pool's plus the growth of the index (offsets, flags, labels);
+- pipeline: Ray Data preprocesses the train split of a classification dataset of each size,
+  consumed as torch batches here: time to the first batch, then steady samples/s (goal: within
+  10% of the smallest) and this process's peak resident memory.
+
+The datasets tile a small synthetic one (distinct ids, the same images and texts): they are
+written once under ``$RAY_STICKER_HOME/bench/datasets/``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ray_sticker.bench.report import BenchResult
+
+RATE_GOAL = (">=", 0.9)
+MEMORY_GOAL = ("<=", 1.1)
+MIB = 2**20
+
+
+@dataclass
+class ScaleOptions:
+    stickers: tuple[int, ...] = (10875, 43500, 174000)  # pool sizes: 1/16, 1/4 and all of StickerChat's
+    examples: tuple[int, ...] = (16125, 64500, 258000)  # train rows: 1/16, 1/4 and all of M2SA's
+    image_px: int | None = None  # side of the stickers' and examples' images (default 48)
+    batch_size: int = 32
+    candidates: int = 10
+    batches: int = 40  # gathered per worker and pool size
+    workers: int = 2
+    cache_mb: float = 0.0
+    address: str | None = None
+
+
+class PeakRSS:
+    """The highest resident set size of this process while the block runs (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+class PoolWorker:
+    """A training worker's side of the pool, in a fresh process: map it, gather batches."""
+
+    def gather(self, shared: list, batches: int, shape: tuple[int, int], cache_mb: float, seed: int) -> dict[str, float]:
+        import psutil
+        import ray
+
+        from ray_sticker.data.pool import StickerPool
+
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            pool = StickerPool(ray.get(shared[0]), cache_mb)
+            mapped = time.perf_counter() - t0
+            rng = np.random.default_rng(seed)
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                pool.rows(rng.integers(0, len(pool), size=shape))
+            seconds = time.perf_counter() - t0
+        return {"candidates_per_s": batches * shape[0] * shape[1] / seconds, "map_s": mapped,
+                "uss": psutil.Process().memory_full_info().uss, "peak_rss": rss.peak}
+
+
+def _tile(table, rows: int, id_column: str):
+    """``rows`` rows of ``table`` repeated, the copies' ids suffixed ``~<copy>``."""
+    import pyarrow as pa
+
+    copies = []
+    for r in range(math.ceil(rows / table.num_rows)):
+        if r:
+            i = table.schema.get_field_index(id_column)
+            ids = pa.array([f"{s}~{r}" for s in table[id_column].to_pylist()], table.schema.field(i).type)
+            copies.append(table.set_column(i, table.schema.field(i), ids))
+        else:
+            copies.append(table)
+    return pa.concat_tables(copies).slice(0, rows)
+
+
+def _write_shards(table, where: str, rows_per_shard: int) -> None:
+    import pyarrow.parquet as pq
+
+    from ray_sticker import storage
+
+    fs, base = storage.resolve(where)
+    fs.create_dir(base, recursive=True)
+    for k in range(math.ceil(table.num_rows / rows_per_shard)):
+        pq.write_table(table.slice(k * rows_per_shard, rows_per_shard), f"{base}/part-{k:05d}.parquet", filesystem=fs)
+
+
+def _done(uri: str) -> bool:
+    from ray_sticker import storage
+
+    return storage.exists(storage.join(uri, "_COMPLETE"))
+
+
+def _finish(uri: str) -> str:
+    from ray_sticker import storage
+
+    storage.write_text(storage.join(uri, "_COMPLETE"), "")
+    return uri
+
+
+def pool_dataset(stickers: int, px: int) -> str:
+    """A stickers table of ``stickers`` rows (28 x up to 100 distinct synthetic images, tiled)."""
+    from ray_sticker.data import schema
+    from ray_sticker.data.synthetic_select import stickers_table
+    from ray_sticker.config import default_home
+
+    uri = f"{default_home()}/bench/datasets/scale-pool-{stickers}-{px}px"
+    if not _done(uri):
+        base = stickers_table(min(100, math.ceil(stickers / 28)), image_size=px)
+        _write_shards(_tile(base, stickers, "sticker_id"), schema.stickers_uri(uri), 16384)
+        _finish(uri)
+    return uri
+
+
+def examples_dataset(rows: int, px: int):
+    """The train split of a classification dataset of ``rows`` rows (up to 4096 synthetic rows,
+    tiled), and the checked inputs of m2sa-tiny on the synthetic dataset it tiles."""
+    import pyarrow.dataset as pads
+
+    from ray_sticker.bench.inputs import bench_config, prepare
+    from ray_sticker.data import schema
+    from ray_sticker.config import default_home
+
+    inputs = prepare(bench_config("m2sa-tiny", rows=min(4096, rows), image_px=px), px)
+    uri = f"{default_home()}/bench/datasets/scale-examples-{rows}-{px}px"
+    if not _done(uri):
+        train = pads.dataset(schema.split_uri(inputs.cfg.data.uri, "train"), format="parquet").to_table()
+        _write_shards(_tile(train, rows, "example_id"), schema.split_uri(uri, "train"), 1024)
+        _finish(uri)
+    return uri, inputs
+
+
+def _pool_size(opts: ScaleOptions, stickers: int, px: int) -> dict[str, Any]:
+    import ray
+
+    from ray_sticker.data.pipeline import PoolSpec, read_sticker_ids
+    from ray_sticker.data.pool import share_pool
+
+    uri = pool_dataset(stickers, px)
+    t0 = time.perf_counter()
+    ref = share_pool(uri, PoolSpec(image_size=px), read_sticker_ids(uri))
+    ray.wait([ref], fetch_local=False)
+    read_s = time.perf_counter() - t0
+    encoded = ray.get(ref)
+    index = encoded.image_offsets.nbytes + encoded.image_ok.nbytes + sum(v.nbytes for v in encoded.labels.values())
+    worker = ray.remote(num_cpus=1)(PoolWorker)
+    actors = [worker.remote() for _ in range(opts.workers)]
+    found = ray.get([a.gather.remote([ref], opts.batches, (opts.batch_size, opts.candidates), opts.cache_mb, i)
+                     for i, a in enumerate(actors)])
+    for a in actors:
+        ray.kill(a)
+    return {"stickers": stickers, "read_s": read_s, "shared": encoded.nbytes, "index": index,
+            "candidates_per_s": float(np.mean([f["candidates_per_s"] for f in found])),
+            "uss": max(f["uss"] for f in found), "peak_rss": max(f["peak_rss"] for f in found),
+            "map_s": max(f["map_s"] for f in found)}
+
+
+def _pipeline_size(rows: int, px: int, batch_size: int) -> dict[str, Any]:
+    from ray_sticker.data.pipeline import build_dataset
+
+    uri, inputs = examples_dataset(rows, px)
+    ds = build_dataset(uri, "train", inputs.spec, batch_size=inputs.cfg.data.preprocess_batch_size)
+    seen = 0
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        first = None
+        for batch in ds.iter_torch_batches(batch_size=batch_size, prefetch_batches=2):
+            if first is None:
+                first, t_first = time.perf_counter() - t0, time.perf_counter()
+            else:
+                seen += len(batch["skip"])
+        steady = seen / max(1e-9, time.perf_counter() - t_first)
+    return {"rows": rows, "first_batch_s": first, "samples_per_s": steady, "peak_rss": rss.peak}
+
+
+def run_scale(opts: ScaleOptions) -> BenchResult:
+    import os
+
+    from ray_sticker.bench.inputs import SYNTHETIC_IMAGE_PX
+    from ray_sticker.config import ConfigError
+    from ray_sticker.runtime import init_ray
+
+    if not opts.stickers and not opts.examples:
+        raise ConfigError("bench scale: give at least one pool size (--stickers) or dataset size (--examples)")
+    px = opts.image_px or SYNTHETIC_IMAGE_PX
+    init_ray(opts.address, num_cpus=os.cpu_count() or 1)
+    result = BenchResult(
+        bench="scale",
+        title=f"scale: the sticker pool ({opts.workers} workers gathering {opts.batches} batches of "
+              f"{opts.batch_size}x{opts.candidates} candidates, decode cache {opts.cache_mb:g} MiB) and the "
+              f"pipeline (m2sa-tiny preprocessing), {px}-px images, each size against the smallest",
+        columns=[("variant", "variant", ""), ("size", "size", ""), ("figure", "figure", ""),
+                 ("value", "value", ".1f"), ("shared MiB", "shared_mib", ".1f"), ("index MiB", "index_mib", ".2f"),
+                 ("peak RSS MiB", "peak_rss_mib", ".0f"), ("ratio", "ratio", ".3f"), ("goal", "goal", ""),
+                 ("", "status", "")],
+        options={**vars(opts), "image_px": px},
+    )
+    pools = [_pool_size(opts, n, px) for n in opts.stickers]
+    for p in pools:
+        base = pools[0]
+        size = f"{p['stickers']:,} stickers"
+        result.add(variant="pool: read into the object store", size=size, figure="stickers/s",
+                   value=p["stickers"] / p["read_s"], shared_mib=p["shared"] / MIB, index_mib=p["index"] / MIB)
+        result.add(RATE_GOAL if p is not base else None, variant="pool: gather per worker", size=size,
+                   figure="candidates/s", value=p["candidates_per_s"], ratio=p["candidates_per_s"] / base["candidates_per_s"])
+        bound = base["uss"] + (p["index"] - base["index"])
+        result.add(MEMORY_GOAL if p is not base else None, variant="pool: worker memory (USS)", size=size,
+                   figure="MiB", value=p["uss"] / MIB, peak_rss_mib=p["peak_rss"] / MIB, ratio=p["uss"] / bound)
+    runs = [_pipeline_size(n, px, opts.batch_size) for n in opts.examples]
+    for r in runs:
+        size = f"{r['rows']:,} rows"
+        result.add(variant="pipeline: first batch", size=size, figure="s", value=r["first_batch_s"])
+        result.add(RATE_GOAL if r is not runs[0] else None, variant="pipeline: steady", size=size,
+                   figure="samples/s", value=r["samples_per_s"], peak_rss_mib=r["peak_rss"] / MIB,
+                   ratio=r["samples_per_s"] / runs[0]["samples_per_s"])
+    result.notes.append("worker memory ratio: USS / (the smallest pool's USS + the index's growth); peak RSS "
+                        "also counts the pages of the shared pool a worker touched")
+    return result
