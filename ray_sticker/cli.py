@@ -459,14 +459,14 @@ def _bench_parser(sub) -> None:
     b.add_argument("--image-px", type=int, help="ingest/scale: side of the synthetic source images (default 48)")
     b.add_argument("--stickers", help="scale: pool sizes, comma-separated (default 10875,43500,174000)")
     b.add_argument("--examples", help="scale: train rows, comma-separated (default 16125,64500,258000)")
-    b.add_argument("--batches", type=int, help="scale: candidate batches each worker gathers per pool (default 40)")
+    b.add_argument("--batches", type=int, help="scale: candidate batches each worker gathers per pool and round (default 50)")
     b.add_argument("--candidates", type=int, help="scale: candidates per example (default 10)")
     b.add_argument("--cache-mb", type=float, help="scale: each worker's decoded-sticker cache (default 0)")
     b.add_argument("--batch-size", type=int, help="ingest: preprocessing and consumer batch (default: "
                                                   "data.preprocess_batch_size); step/zero: train.batch_size; "
                                                   "scale: examples per batch (default 32)")
     b.add_argument("--steps", type=int, help="step: timed steps per repeat (default 40)")
-    b.add_argument("--repeats", type=int, help="timed repeats, the median is reported (ingest 3, step 7)")
+    b.add_argument("--repeats", type=int, help="timed repeats, the median is reported (ingest 3, step 7, scale 5)")
     b.add_argument("--warmup", type=int, help="untimed warm-up passes (ingest, 1) or steps (step, 5)")
     b.add_argument("--workers", type=int, help="zero/load: ranks (default 2); ingest: cores for Ray Data and the "
                                                "DataLoader (default: all); scale: worker processes (default 2)")

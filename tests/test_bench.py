@@ -148,7 +148,7 @@ def test_ingest_smoke(ray_cluster, tmp_path, capsys):
 @pytest.mark.ray
 def test_scale_smoke(ray_cluster, tmp_path, capsys):
     path = tmp_path / "scale.json"
-    assert cli.main(["-q", "bench", "scale", "--stickers", "56,224", "--examples", "400,1600", "--batches", "4",
+    assert cli.main(["-q", "bench", "scale", "--stickers", "56,224", "--examples", "400,1600", "--batches", "4", "--repeats", "1",
                      "--batch-size", "8", "--json", str(path)]) == 0
     assert "224 stickers" in capsys.readouterr().out
     rows = _rows(path)

@@ -4,8 +4,9 @@ figures against the smallest size's, measured in the same run.
 
 - pool: the stickers table is read once into the object store (data/pool.py, its time and
   bytes reported); then ``--workers`` fresh processes, as training workers do, map it and gather
-  ``--batches`` batches of ``--batch-size`` x ``--candidates`` random stickers, decoding each (no
-  decode cache unless ``--cache-mb``). Goals: candidates/s within 10% of the smallest pool's, and
+  ``--batches`` batches of ``--batch-size`` x ``--candidates`` random stickers (after a few
+  untimed ones), decoding each (no decode cache unless ``--cache-mb``); the sizes take turns for
+  ``--repeats`` rounds and the median is reported. Goals: candidates/s within 10% of the smallest pool's, and
   each worker's own memory (USS: what is not shared with the object store) within 10% of the
   smallest pool's plus the growth of the index (offsets, flags, labels);
 - pipeline: Ray Data preprocesses the train split of a classification dataset of each size,
@@ -19,6 +20,7 @@ written once under ``$RAY_STICKER_HOME/bench/datasets/``.
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from ray_sticker.bench.report import BenchResult
 RATE_GOAL = (">=", 0.9)
 MEMORY_GOAL = ("<=", 1.1)
 MIB = 2**20
+WARMUP_BATCHES = 5
 
 
 @dataclass
@@ -40,7 +43,8 @@ class ScaleOptions:
     image_px: int | None = None  # side of the stickers' and examples' images (default 48)
     batch_size: int = 32
     candidates: int = 10
-    batches: int = 40  # gathered per worker and pool size
+    batches: int = 50  # gathered per worker, pool size and repeat, after 5 untimed ones
+    repeats: int = 5
     workers: int = 2
     cache_mb: float = 0.0
     address: str | None = None
@@ -72,25 +76,32 @@ class PeakRSS:
 
 
 class PoolWorker:
-    """A training worker's side of the pool, in a fresh process: map it, gather batches."""
+    """A training worker's side of the pool, in a fresh process: map it, gather batches; its
+    resident memory is sampled from start to end."""
 
-    def gather(self, shared: list, batches: int, shape: tuple[int, int], cache_mb: float, seed: int) -> dict[str, float]:
-        import psutil
+    def __init__(self, shared: list, cache_mb: float) -> None:
         import ray
 
         from ray_sticker.data.pool import StickerPool
 
-        with PeakRSS() as rss:
-            t0 = time.perf_counter()
-            pool = StickerPool(ray.get(shared[0]), cache_mb)
-            mapped = time.perf_counter() - t0
-            rng = np.random.default_rng(seed)
-            t0 = time.perf_counter()
-            for _ in range(batches):
-                pool.rows(rng.integers(0, len(pool), size=shape))
-            seconds = time.perf_counter() - t0
-        return {"candidates_per_s": batches * shape[0] * shape[1] / seconds, "map_s": mapped,
-                "uss": psutil.Process().memory_full_info().uss, "peak_rss": rss.peak}
+        self.rss = PeakRSS().__enter__()
+        self.pool = StickerPool(ray.get(shared[0]), cache_mb)
+
+    def gather(self, batches: int, shape: tuple[int, int], seed: int) -> float:
+        """Candidates/s over ``batches`` batches of random stickers (after a few untimed ones)."""
+        rng = np.random.default_rng(seed)
+        for _ in range(WARMUP_BATCHES):
+            self.pool.rows(rng.integers(0, len(self.pool), size=shape))
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            self.pool.rows(rng.integers(0, len(self.pool), size=shape))
+        return batches * shape[0] * shape[1] / (time.perf_counter() - t0)
+
+    def memory(self) -> dict[str, int]:
+        import psutil
+
+        self.rss.__exit__()
+        return {"uss": psutil.Process().memory_full_info().uss, "peak_rss": self.rss.peak}
 
 
 def _tile(table, rows: int, id_column: str):
@@ -146,17 +157,17 @@ def pool_dataset(stickers: int, px: int) -> str:
     return uri
 
 
-def examples_dataset(rows: int, px: int):
-    """The train split of a classification dataset of ``rows`` rows (up to 4096 synthetic rows,
-    tiled), and the checked inputs of m2sa-tiny on the synthetic dataset it tiles."""
+def examples_dataset(rows: int, px: int, base_rows: int):
+    """The train split of a classification dataset of ``rows`` rows (the train split of
+    ``base_rows`` synthetic rows, tiled), and the checked inputs of m2sa-tiny on that dataset."""
     import pyarrow.dataset as pads
 
     from ray_sticker.bench.inputs import bench_config, prepare
     from ray_sticker.data import schema
     from ray_sticker.config import default_home
 
-    inputs = prepare(bench_config("m2sa-tiny", rows=min(4096, rows), image_px=px), px)
-    uri = f"{default_home()}/bench/datasets/scale-examples-{rows}-{px}px"
+    inputs = prepare(bench_config("m2sa-tiny", rows=base_rows, image_px=px), px)
+    uri = f"{default_home()}/bench/datasets/scale-examples-{rows}-of-{base_rows}-{px}px"
     if not _done(uri):
         train = pads.dataset(schema.split_uri(inputs.cfg.data.uri, "train"), format="parquet").to_table()
         _write_shards(_tile(train, rows, "example_id"), schema.split_uri(uri, "train"), 1024)
@@ -164,35 +175,45 @@ def examples_dataset(rows: int, px: int):
     return uri, inputs
 
 
-def _pool_size(opts: ScaleOptions, stickers: int, px: int) -> dict[str, Any]:
+def _pools(opts: ScaleOptions, px: int) -> list[dict[str, Any]]:
+    """Each pool read into the object store and mapped by ``--workers`` processes; then
+    ``--repeats`` rounds in which each size's workers gather in turn (sizes interleaved, so a busy
+    machine slows them alike), the median per size; then each worker's memory."""
     import ray
 
     from ray_sticker.data.pipeline import PoolSpec, read_sticker_ids
     from ray_sticker.data.pool import share_pool
 
-    uri = pool_dataset(stickers, px)
-    t0 = time.perf_counter()
-    ref = share_pool(uri, PoolSpec(image_size=px), read_sticker_ids(uri))
-    ray.wait([ref], fetch_local=False)
-    read_s = time.perf_counter() - t0
-    encoded = ray.get(ref)
-    index = encoded.image_offsets.nbytes + encoded.image_ok.nbytes + sum(v.nbytes for v in encoded.labels.values())
-    worker = ray.remote(num_cpus=1)(PoolWorker)
-    actors = [worker.remote() for _ in range(opts.workers)]
-    found = ray.get([a.gather.remote([ref], opts.batches, (opts.batch_size, opts.candidates), opts.cache_mb, i)
-                     for i, a in enumerate(actors)])
-    for a in actors:
-        ray.kill(a)
-    return {"stickers": stickers, "read_s": read_s, "shared": encoded.nbytes, "index": index,
-            "candidates_per_s": float(np.mean([f["candidates_per_s"] for f in found])),
-            "uss": max(f["uss"] for f in found), "peak_rss": max(f["peak_rss"] for f in found),
-            "map_s": max(f["map_s"] for f in found)}
+    worker = ray.remote(num_cpus=0)(PoolWorker)  # one size's workers run at a time
+    found = []
+    for stickers in opts.stickers:
+        uri = pool_dataset(stickers, px)
+        t0 = time.perf_counter()
+        ref = share_pool(uri, PoolSpec(image_size=px), read_sticker_ids(uri))
+        ray.wait([ref], fetch_local=False)
+        read_s = time.perf_counter() - t0
+        encoded = ray.get(ref)
+        found.append({"stickers": stickers, "read_s": read_s, "shared": encoded.nbytes, "rates": [],
+                      "index": encoded.image_offsets.nbytes + encoded.image_ok.nbytes
+                      + sum(v.nbytes for v in encoded.labels.values()),
+                      "actors": [worker.remote([ref], opts.cache_mb) for _ in range(opts.workers)]})
+        del encoded
+    shape = (opts.batch_size, opts.candidates)
+    for rep in range(opts.repeats):
+        for f in found:
+            rates = ray.get([a.gather.remote(opts.batches, shape, 1000 * rep + i) for i, a in enumerate(f["actors"])])
+            f["rates"].append(float(np.mean(rates)))
+    for f in found:
+        memory = ray.get([a.memory.remote() for a in f.pop("actors")])
+        f.update(candidates_per_s=statistics.median(f["rates"]), uss=max(m["uss"] for m in memory),
+                 peak_rss=max(m["peak_rss"] for m in memory))
+    return found
 
 
-def _pipeline_size(rows: int, px: int, batch_size: int) -> dict[str, Any]:
+def _pipeline_size(rows: int, px: int, batch_size: int, base_rows: int) -> dict[str, Any]:
     from ray_sticker.data.pipeline import build_dataset
 
-    uri, inputs = examples_dataset(rows, px)
+    uri, inputs = examples_dataset(rows, px, base_rows)
     ds = build_dataset(uri, "train", inputs.spec, batch_size=inputs.cfg.data.preprocess_batch_size)
     seen = 0
     with PeakRSS() as rss:
@@ -221,7 +242,8 @@ def run_scale(opts: ScaleOptions) -> BenchResult:
     result = BenchResult(
         bench="scale",
         title=f"scale: the sticker pool ({opts.workers} workers gathering {opts.batches} batches of "
-              f"{opts.batch_size}x{opts.candidates} candidates, decode cache {opts.cache_mb:g} MiB) and the "
+              f"{opts.batch_size}x{opts.candidates} candidates, decode cache {opts.cache_mb:g} MiB, median of "
+              f"{opts.repeats} rounds) and the "
               f"pipeline (m2sa-tiny preprocessing), {px}-px images, each size against the smallest",
         columns=[("variant", "variant", ""), ("size", "size", ""), ("figure", "figure", ""),
                  ("value", "value", ".1f"), ("shared MiB", "shared_mib", ".1f"), ("index MiB", "index_mib", ".2f"),
@@ -229,18 +251,20 @@ def run_scale(opts: ScaleOptions) -> BenchResult:
                  ("", "status", "")],
         options={**vars(opts), "image_px": px},
     )
-    pools = [_pool_size(opts, n, px) for n in opts.stickers]
+    pools = _pools(opts, px)
     for p in pools:
         base = pools[0]
         size = f"{p['stickers']:,} stickers"
         result.add(variant="pool: read into the object store", size=size, figure="stickers/s",
                    value=p["stickers"] / p["read_s"], shared_mib=p["shared"] / MIB, index_mib=p["index"] / MIB)
         result.add(RATE_GOAL if p is not base else None, variant="pool: gather per worker", size=size,
-                   figure="candidates/s", value=p["candidates_per_s"], ratio=p["candidates_per_s"] / base["candidates_per_s"])
+                   figure="candidates/s", value=p["candidates_per_s"], rates=p["rates"],
+                   ratio=p["candidates_per_s"] / base["candidates_per_s"])
         bound = base["uss"] + (p["index"] - base["index"])
         result.add(MEMORY_GOAL if p is not base else None, variant="pool: worker memory (USS)", size=size,
                    figure="MiB", value=p["uss"] / MIB, peak_rss_mib=p["peak_rss"] / MIB, ratio=p["uss"] / bound)
-    runs = [_pipeline_size(n, px, opts.batch_size) for n in opts.examples]
+    base_rows = min([4096, *opts.examples])
+    runs = [_pipeline_size(n, px, opts.batch_size, base_rows) for n in opts.examples]
     for r in runs:
         size = f"{r['rows']:,} rows"
         result.add(variant="pipeline: first batch", size=size, figure="s", value=r["first_batch_s"])
