@@ -105,13 +105,12 @@ def _embed_on_ranks(rank, world, port, job, out_dir):
 
     pool = StickerPool(job["encoded"], cache_mb=0)
     with process_group(rank, world, port, "gloo"), torch.no_grad():
-        emb = embed_pool(Linear(), pool, job["chunk"])
+        found = {chunk: embed_pool(Linear(), pool, chunk).tolist() for chunk in job["chunks"]}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(emb.tolist(), f)
+        json.dump(found, f)
 
 
-@pytest.mark.parametrize("chunk", [5, 64])  # 6 chunks over 2 ranks; 1 chunk, rank 1 idles
-def test_pool_embedded_in_chunks_spread_over_ranks_equals_one_process(tmp_path, chunk):
+def test_pool_embedded_in_chunks_spread_over_ranks_equals_one_process(tmp_path):
     from ray_sticker.bench.procgroup import spawn_ranks
 
     uri = str(tmp_path / "ds")
@@ -119,9 +118,12 @@ def test_pool_embedded_in_chunks_spread_over_ranks_equals_one_process(tmp_path, 
     encoded = read_pool(uri, PoolSpec(image_size=8), read_sticker_ids(uri))
     with torch.no_grad():
         want = embed_pool(Linear(), StickerPool(encoded), 64)
-    ranks = spawn_ranks(_embed_on_ranks, 2, [{"encoded": encoded, "chunk": chunk}])
-    for got in ranks:
-        np.testing.assert_allclose(np.array(got), want.numpy(), atol=1e-6)
+    chunks = [5, 64]  # 6 chunks over 2 ranks; 1 chunk, rank 1 repeats it and keeps nothing
+    ranks = spawn_ranks(_embed_on_ranks, 2, [{"encoded": encoded, "chunks": chunks}])
+    assert len(ranks) == 2
+    for found in ranks:
+        for chunk in chunks:
+            np.testing.assert_allclose(np.array(found[str(chunk)]), want.numpy(), atol=1e-6)
 
 
 @pytest.mark.ray
@@ -148,11 +150,12 @@ def test_a_workers_memory_does_not_grow_with_the_pool(ray_cluster, tmp_path):
             gc.collect()
             return proc.memory_full_info().uss - before, len(pool)
 
+    from ray_sticker.bench.scale import pool_dataset
+
     growth, index, warm_ref = {}, {}, None
     idx = np.arange(16 * 10).reshape(16, 10) % 100  # the same batch of candidates from both pools
-    for name, per_pair in (("small", 4), ("large", 72)):
-        uri = str(tmp_path / name)
-        synthetic_select.make_select_dataset(uri, num_rows=32, image_size=128, stickers_per_pair=per_pair)
+    for name, size in (("small", 112), ("large", 2016)):
+        uri = pool_dataset(size, 128, per_pair=4)  # 112 distinct images, tiled
         ids = read_sticker_ids(uri)
         if warm_ref is None:
             warm_ref = ray.put(read_pool(uri, PoolSpec(image_size=128), ids[:2]))
@@ -160,10 +163,10 @@ def test_a_workers_memory_does_not_grow_with_the_pool(ray_cluster, tmp_path):
         encoded = ray.get(ref)
         index[name] = encoded.image_offsets.nbytes + encoded.image_ok.nbytes + sum(
             v.nbytes for v in encoded.labels.values())
-        growth[name], size = ray.get(Worker.remote().uss_growth.remote([warm_ref, ref], idx))
-        assert size == 28 * per_pair
+        growth[name], found = ray.get(Worker.remote().uss_growth.remote([warm_ref, ref], idx))
+        assert found == size
         del encoded
-    decoded_large = 28 * 72 * 3 * 128 * 128
+    decoded_large = 2016 * 3 * 128 * 128
     slack = 6 * 2**20
     assert growth["large"] - growth["small"] <= index["large"] + slack, (growth, index)
     assert decoded_large > 10 * (index["large"] + slack)  # the bound means something

@@ -143,15 +143,16 @@ def _finish(uri: str) -> str:
     return uri
 
 
-def pool_dataset(stickers: int, px: int) -> str:
-    """A stickers table of ``stickers`` rows (28 x up to 100 distinct synthetic images, tiled)."""
+def pool_dataset(stickers: int, px: int, per_pair: int = 100) -> str:
+    """A stickers table of ``stickers`` rows: 28 x up to ``per_pair`` distinct synthetic images, tiled."""
     from ray_sticker.data import schema
     from ray_sticker.data.synthetic_select import stickers_table
     from ray_sticker.config import default_home
 
-    uri = f"{default_home()}/bench/datasets/scale-pool-{stickers}-{px}px"
+    per_pair = min(per_pair, math.ceil(stickers / 28))
+    uri = f"{default_home()}/bench/datasets/scale-pool-{stickers}-of-{28 * per_pair}-{px}px"
     if not _done(uri):
-        base = stickers_table(min(100, math.ceil(stickers / 28)), image_size=px)
+        base = stickers_table(per_pair, image_size=px)
         _write_shards(_tile(base, stickers, "sticker_id"), schema.stickers_uri(uri), 16384)
         _finish(uri)
     return uri
