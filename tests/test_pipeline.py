@@ -330,20 +330,3 @@ def test_skip_counter_fails_above_the_threshold_naming_counts_and_reasons():
                                                r"1 label outside the label map\), above data.max_corrupt_fraction=0.5"):
         counter.check(0.5, "train epoch 0")
 
-
-@pytest.mark.ray
-def test_each_shard_is_read_and_preprocessed_in_one_task(ray_cluster, tmp_path):
-    """One Ray Data task per Parquet file reads it and preprocesses it (read fused with the
-    preprocessing): left to Ray Data, 12 shards became about 200 blocks, read apart from it."""
-    from ray_sticker.data.pipeline import build_dataset
-
-    uri = str(tmp_path / "ds")
-    manifest = synthetic.make_classify_dataset(uri, num_rows=600, rows_per_shard=60)
-    files = list((tmp_path / "ds" / "examples" / "train").glob("*.parquet"))
-    assert len(files) >= 5
-    inputs = check_inputs(load_config("m2sa-tiny", [f"data.uri={uri}", "data.synthetic_if_missing=false"]))
-    ds = build_dataset(uri, "train", inputs.spec, batch_size=16)
-    assert sum(len(b["skip"]) for b in ds.iter_batches(batch_size=None)) == manifest.splits["train"]
-    stats = ds.stats()
-    assert "ReadParquet->MapBatches(preprocess_block)" in stats, stats
-    assert f"{len(files)} tasks executed" in stats, stats

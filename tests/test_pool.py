@@ -15,7 +15,7 @@ from ray_sticker.data import schema, synthetic_select
 from ray_sticker.data.pipeline import PoolSpec, preprocess_batch, read_sticker_ids
 from ray_sticker.data.pool import StickerPool, read_pool, share_pool
 from ray_sticker.train.batches import attach_candidates, keep_usable
-from ray_sticker.train.evaluation import Evaluation, compute_metrics, embed_pool, evaluate
+from ray_sticker.train.evaluation import Evaluation, compute_metrics, embed_pool, evaluate, pool_embeddings
 
 
 class ListSplit:
@@ -96,6 +96,26 @@ class Linear(torch.nn.Module):
 
     def embed_stickers(self, pool):
         return self.proj(pool["pixel_values"].flatten(1).float())
+
+
+class Tower(Linear):
+    def sticker_parameters(self):
+        return self.proj.parameters()
+
+
+def test_a_frozen_sticker_towers_pool_embeddings_are_computed_once_per_run(tmp_path):
+    uri = str(tmp_path / "ds")
+    synthetic_select.make_select_dataset(uri, num_rows=32, image_size=8, stickers_per_pair=1)
+    pool = StickerPool(read_pool(uri, PoolSpec(image_size=8), read_sticker_ids(uri)))
+    model, kept = Tower(), {}
+    with torch.no_grad():
+        pool_embeddings(model, pool, 8, "cpu", kept)
+        assert not kept  # trainable: embedded anew every evaluation
+        model.proj.requires_grad_(False)
+        first = pool_embeddings(model, pool, 8, "cpu", kept)
+        model.proj.weight.add_(1.0)  # would change them, were they computed again
+        assert pool_embeddings(model, pool, 8, "cpu", kept) is first
+        assert not torch.allclose(embed_pool(model, pool, 8), first)
 
 
 def _embed_on_ranks(rank, world, port, job, out_dir):

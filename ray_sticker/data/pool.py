@@ -204,7 +204,3 @@ class StickerPool:
             return np.full((3, side, side), GRAY, np.uint8)
         return eval_transform(decode_image(enc.image_bytes[enc.image_offsets[i]:enc.image_offsets[i + 1]].tobytes()), side)
 
-
-def describe(encoded: EncodedPool) -> str:
-    return (f"{encoded.size} stickers, {encoded.nbytes / 2**20:.1f} MiB encoded"
-            f"{f', {encoded.image_size} px' if encoded.image_size else ''}")
