@@ -111,7 +111,7 @@ def test_empty_shards_and_cut_texts_flow_through_ray_data(ray_cluster, tmp_path)
     import pyarrow.parquet as pq
 
     from ray_sticker.data import schema
-    from ray_sticker.data.pipeline import build_dataset
+    from ray_sticker.data.pipeline import build_dataset, read_blocks
     from ray_sticker.train.inputs import check_inputs
 
     data = str(tmp_path / "data")
@@ -135,6 +135,4 @@ def test_empty_shards_and_cut_texts_flow_through_ray_data(ray_cluster, tmp_path)
     stats = ds.stats()
     assert "ReadParquet->MapBatches(preprocess_block)" in stats, stats
     assert f"{len(os.listdir(split_dir))} tasks executed" in stats, stats
-    from ray_sticker.data.pipeline import read_blocks
-
     assert (read_blocks(12), read_blocks(1)) == (12, 4)  # a task per shard; at least 2 per CPU (2 CPUs)
