@@ -462,6 +462,8 @@ def _bench_parser(sub) -> None:
     b.add_argument("--batches", type=int, help="scale: candidate batches each worker gathers per pool and round (default 50)")
     b.add_argument("--candidates", type=int, help="scale: candidates per example (default 10)")
     b.add_argument("--cache-mb", type=float, help="scale: each worker's decoded-sticker cache (default 0)")
+    b.add_argument("--convert-rows", type=int, help="scale: tweets of the M2SA release converted at 1 and 2 CPUs "
+                                                    "(default 20000; 0 skips)")
     b.add_argument("--batch-size", type=int, help="ingest: preprocessing and consumer batch (default: "
                                                   "data.preprocess_batch_size); step/zero: train.batch_size; "
                                                   "scale: examples per batch (default 32)")

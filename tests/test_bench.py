@@ -149,10 +149,12 @@ def test_ingest_smoke(ray_cluster, tmp_path, capsys):
 def test_scale_smoke(ray_cluster, tmp_path, capsys):
     path = tmp_path / "scale.json"
     assert cli.main(["-q", "bench", "scale", "--stickers", "56,224", "--examples", "400,1600", "--batches", "4", "--repeats", "1",
-                     "--batch-size", "8", "--json", str(path)]) == 0
+                     "--batch-size", "8", "--convert-rows", "40", "--json", str(path)]) == 0
     assert "224 stickers" in capsys.readouterr().out
     rows = _rows(path)
-    assert [r["size"] for r in rows] == ["56 stickers"] * 3 + ["224 stickers"] * 3 + ["400 rows"] * 2 + ["1,600 rows"] * 2
+    assert [r["size"] for r in rows] == (["56 stickers"] * 3 + ["224 stickers"] * 3 + ["400 rows"] * 2 + ["1,600 rows"] * 2
+                                         + ["40 tweets"] * 2)
+    assert [r["figure"] for r in rows[-2:]] == ["rows/s, 1 CPU", "rows/s, 2 CPU"]
     judged = [r for r in rows if r["goal"]]
     assert [r["variant"] for r in judged] == ["pool: gather per worker", "pool: worker memory (USS)", "pipeline: steady"]
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in judged)

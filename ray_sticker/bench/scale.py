@@ -11,7 +11,10 @@ figures against the smallest size's, measured in the same run.
   smallest pool's plus the growth of the index (offsets, flags, labels);
 - pipeline: Ray Data preprocesses the train split of a classification dataset of each size,
   consumed as torch batches here: time to the first batch, then steady samples/s (goal: within
-  10% of the smallest) and this process's peak resident memory.
+  10% of the smallest) and this process's peak resident memory;
+- convert: ``ray-sticker prepare m2sa`` of an M2SA release of ``--convert-rows`` tweets (its
+  official layout, one JPEG each) with Ray Data held to 1 core, then to 2: rows/s, and the
+  second against the first.
 
 The datasets tile a small synthetic one (distinct ids, the same images and texts): they are
 written once under ``$RAY_STICKER_HOME/bench/datasets/``.
@@ -47,6 +50,7 @@ class ScaleOptions:
     repeats: int = 5
     workers: int = 2
     cache_mb: float = 0.0
+    convert_rows: int = 20000  # tweets of the M2SA release converted at 1 and 2 cores (0: skip)
     address: str | None = None
 
 
@@ -229,6 +233,59 @@ def _pipeline_size(rows: int, px: int, batch_size: int, base_rows: int) -> dict[
     return {"rows": rows, "first_batch_s": first, "samples_per_s": steady, "peak_rss": rss.peak}
 
 
+def m2sa_release(rows: int, px: int) -> str:
+    """An M2SA release as its official code reads it: one corpus file of ``rows`` labelled tweets
+    (cut 90/5/5 by the converter) and one JPEG per tweet (16 distinct images, repeated)."""
+    import io
+    import json
+    import os
+
+    from PIL import Image
+
+    from ray_sticker.config import default_home
+
+    root = f"{default_home()}/bench/releases/m2sa-{rows}-{px}px"
+    if os.path.exists(f"{root}/_COMPLETE"):
+        return root
+    os.makedirs(f"{root}/final_dataset", exist_ok=True)
+    os.makedirs(f"{root}/images", exist_ok=True)
+    images = []
+    for k in range(16):
+        buf = io.BytesIO()
+        Image.new("RGB", (px, px), (16 * k, 255 - 16 * k, 90)).save(buf, format="JPEG")
+        images.append(buf.getvalue())
+    labels = ("negative", "neutral", "positive")
+    with open(f"{root}/final_dataset/116.twitter-15@German_Twitter_sentiment.json", "w") as f:
+        for i in range(rows):
+            tid = 568000000000000000 + i
+            f.write(json.dumps({"tweetid": tid, "ds_language": "de", "language": "de", "label": labels[i % 3],
+                                "normalized_text": f"tweet nummer {i}", "image_paths": [f"images/{tid}_0.jpg"]}) + "\n")
+            with open(f"{root}/images/{tid}_0.jpg", "wb") as img:
+                img.write(images[i % 16])
+    open(f"{root}/_COMPLETE", "w").close()
+    return root
+
+
+def _convert_rate(src: str, cpus: int) -> float:
+    """Rows/s of converting ``src`` with Ray Data held to ``cpus`` CPUs."""
+    import tempfile
+
+    from ray.data import DataContext, ExecutionResources
+
+    from ray_sticker.data.convert.runner import convert
+
+    options = DataContext.get_current().execution_options
+    before = options.resource_limits
+    options.resource_limits = ExecutionResources(cpu=cpus)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            manifest, _ = convert("m2sa", src, out)
+            return sum(manifest.splits.values()) / (time.perf_counter() - t0)
+    finally:
+        options.resource_limits = before
+
+
 def run_scale(opts: ScaleOptions) -> BenchResult:
     import os
 
@@ -236,8 +293,9 @@ def run_scale(opts: ScaleOptions) -> BenchResult:
     from ray_sticker.config import ConfigError
     from ray_sticker.runtime import init_ray
 
-    if not opts.stickers and not opts.examples:
-        raise ConfigError("bench scale: give at least one pool size (--stickers) or dataset size (--examples)")
+    if not opts.stickers and not opts.examples and not opts.convert_rows:
+        raise ConfigError("bench scale: give a pool size (--stickers), a dataset size (--examples) or "
+                          "--convert-rows")
     px = opts.image_px or SYNTHETIC_IMAGE_PX
     init_ray(opts.address, num_cpus=os.cpu_count() or 1)
     result = BenchResult(
@@ -272,6 +330,12 @@ def run_scale(opts: ScaleOptions) -> BenchResult:
         result.add(RATE_GOAL if r is not runs[0] else None, variant="pipeline: steady", size=size,
                    figure="samples/s", value=r["samples_per_s"], peak_rss_mib=r["peak_rss"] / MIB,
                    ratio=r["samples_per_s"] / runs[0]["samples_per_s"])
+    if opts.convert_rows:
+        src = m2sa_release(opts.convert_rows, px)
+        rates = {cpus: _convert_rate(src, cpus) for cpus in (1, 2)}
+        for cpus, rate in rates.items():
+            result.add(variant="convert: m2sa release", size=f"{opts.convert_rows:,} tweets", figure=f"rows/s, {cpus} CPU",
+                       value=rate, ratio=rate / rates[1])
     result.notes.append("worker memory ratio: USS / (the smallest pool's USS + the index's growth); peak RSS "
                         "also counts the pages of the shared pool a worker touched")
     return result
