@@ -58,3 +58,18 @@ def test_workers_on_two_nodes_train_from_s3_and_checkpoint_to_s3(cluster, s3_env
     assert any(n.startswith("zero_pp_rank_0_") for n in state) and any(n.startswith("zero_pp_rank_1_") for n in state)
     assert storage.exists(f"{runs}/spread/export/model.safetensors")
     assert storage.read_json(f"{runs}/spread/metrics.json")[-1]["worker_nodes"] == final["worker_nodes"]
+
+
+def test_a_selection_run_maps_the_sticker_pool_on_each_node(cluster, s3_env, s3_bucket):
+    """Int-RA's workers on two nodes read the pool from the object store, where a task of the
+    driver's put it once (data/pool.py): each node fetches its copy, and evaluation ranks the
+    whole pool in chunks spread over the two ranks."""
+    _, worker_nodes = cluster
+    data = f"{s3_bucket}/datasets/select"
+    assert cli_main(["-q", "prepare", "synthetic", "--task", "select", "--out", data, "--image-size", "32"]) == 0
+    result = run_training(load_config("intra-tiny", [
+        f"data.uri={data}", "data.synthetic_if_missing=false", "train.epochs=1", f"train.storage_path={s3_bucket}/runs",
+        "train.run_name=pool", f"train.worker_resources={{{SLOT}: 1}}", "train.placement_strategy=SPREAD"]))
+    final = result.final
+    assert set(final["worker_nodes"]) == worker_nodes, (final["worker_nodes"], worker_nodes)
+    assert 0 < final["val_pool_map"] <= 1 and final["val_examples"] > 0, final
