@@ -1,5 +1,5 @@
 """Selection data: candidate sets, the synthetic selection dataset, the pipeline's candidate
-indices and the decoded sticker pool."""
+indices and the sticker pool's rows."""
 
 import numpy as np
 import pyarrow as pa

@@ -12,8 +12,8 @@ tables or the new ones, never a half-written mix.
 
 ``examples`` holds one row per sample; ``stickers`` one row per sticker. Selection
 samples reference stickers by id (``sticker_id`` is the positive, ``candidate_ids`` the
-candidate set) so that a worker keeps the small decoded sticker pool once instead of
-image bytes per row. Enrichment jobs add columns (e.g. MLLM descriptions) to either
+candidate set) so that each sticker's image is stored once, in the pool that workers share
+(data/pool.py), instead of in every row that names it. Enrichment jobs add columns (e.g. MLLM descriptions) to either
 table; readers select the columns they need, so extra columns are always allowed.
 Columns the shipped models read when present:
 
