@@ -329,4 +329,3 @@ def test_skip_counter_fails_above_the_threshold_naming_counts_and_reasons():
     with pytest.raises(DataQualityError, match=r"train epoch 0: skipped 3 of 5 rows \(60.0%: 2 corrupt image, "
                                                r"1 label outside the label map\), above data.max_corrupt_fraction=0.5"):
         counter.check(0.5, "train epoch 0")
-

@@ -181,8 +181,7 @@ def test_a_workers_memory_does_not_grow_with_the_pool(ray_cluster, tmp_path):
             warm_ref = ray.put(read_pool(uri, PoolSpec(image_size=128), ids[:2]))
         ref = share_pool(uri, PoolSpec(image_size=128), ids)
         encoded = ray.get(ref)
-        index[name] = encoded.image_offsets.nbytes + encoded.image_ok.nbytes + sum(
-            v.nbytes for v in encoded.labels.values())
+        index[name] = encoded.index_nbytes
         growth[name], found = ray.get(Worker.remote().uss_growth.remote([warm_ref, ref], idx))
         assert found == size
         del encoded

@@ -69,14 +69,21 @@ class PeakRSS:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.proc.memory_info().rss)
 
-    def __enter__(self) -> "PeakRSS":
+    def start(self) -> "PeakRSS":
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def stop(self) -> int:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.proc.memory_info().rss)
+        return self.peak
+
+    def __enter__(self) -> "PeakRSS":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 class PoolWorker:
@@ -88,7 +95,7 @@ class PoolWorker:
 
         from ray_sticker.data.pool import StickerPool
 
-        self.rss = PeakRSS().__enter__()
+        self.rss = PeakRSS().start()
         self.pool = StickerPool(ray.get(shared[0]), cache_mb)
 
     def gather(self, batches: int, shape: tuple[int, int], seed: int) -> float:
@@ -104,8 +111,7 @@ class PoolWorker:
     def memory(self) -> dict[str, int]:
         import psutil
 
-        self.rss.__exit__()
-        return {"uss": psutil.Process().memory_full_info().uss, "peak_rss": self.rss.peak}
+        return {"peak_rss": self.rss.stop(), "uss": psutil.Process().memory_full_info().uss}
 
 
 def _tile(table, rows: int, id_column: str):
@@ -199,8 +205,7 @@ def _pools(opts: ScaleOptions, px: int) -> list[dict[str, Any]]:
         read_s = time.perf_counter() - t0
         encoded = ray.get(ref)
         found.append({"stickers": stickers, "read_s": read_s, "shared": encoded.nbytes, "rates": [],
-                      "index": encoded.image_offsets.nbytes + encoded.image_ok.nbytes
-                      + sum(v.nbytes for v in encoded.labels.values()),
+                      "index": encoded.index_nbytes,
                       "actors": [worker.remote([ref], opts.cache_mb) for _ in range(opts.workers)]})
         del encoded
     shape = (opts.batch_size, opts.candidates)
@@ -245,7 +250,7 @@ def m2sa_release(rows: int, px: int) -> str:
     from ray_sticker.config import default_home
 
     root = f"{default_home()}/bench/releases/m2sa-{rows}-{px}px"
-    if os.path.exists(f"{root}/_COMPLETE"):
+    if _done(root):
         return root
     os.makedirs(f"{root}/final_dataset", exist_ok=True)
     os.makedirs(f"{root}/images", exist_ok=True)
@@ -262,8 +267,7 @@ def m2sa_release(rows: int, px: int) -> str:
                                 "normalized_text": f"tweet nummer {i}", "image_paths": [f"images/{tid}_0.jpg"]}) + "\n")
             with open(f"{root}/images/{tid}_0.jpg", "wb") as img:
                 img.write(images[i % 16])
-    open(f"{root}/_COMPLETE", "w").close()
-    return root
+    return _finish(root)
 
 
 def _convert_rate(src: str, cpus: int) -> float:

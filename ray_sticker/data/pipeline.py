@@ -148,11 +148,15 @@ def _parquet_dataset(where: str, missing: str, empty: str):
     return ds
 
 
+def split_files(uri: str, split: str):
+    """One split's Parquet files as a pyarrow dataset (its schema read from footers only)."""
+    where = schema.split_uri(schema.tables_uri(uri), split)
+    return _parquet_dataset(where, f"split '{split}' not found: {where}", f"split '{split}' has no Parquet files: {where}")
+
+
 def split_schema(uri: str, split: str):
     """The Arrow schema of one split's Parquet files (reads footers only)."""
-    where = schema.split_uri(schema.tables_uri(uri), split)
-    return _parquet_dataset(where, f"split '{split}' not found: {where}",
-                            f"split '{split}' has no Parquet files: {where}").schema
+    return split_files(uri, split).schema
 
 
 def read_parquet(paths, filesystem, columns: list[str] | None = None, num_blocks: int | None = None):
@@ -184,11 +188,9 @@ def read_blocks(files: int) -> int:
 
 def read_split(uri: str, split: str, columns: list[str]):
     """A Ray Dataset of one split with only ``columns``; fails naming missing ones first."""
-    where = schema.split_uri(schema.tables_uri(uri), split)
-    files = _parquet_dataset(where, f"split '{split}' not found: {where}", f"split '{split}' has no Parquet files: {where}")
+    files = split_files(uri, split)
     schema.check_columns(files.schema, columns, f"dataset {uri} split '{split}'")
-    fs, path = storage.resolve(where)
-    return read_parquet(path, fs, columns=columns, num_blocks=read_blocks(len(files.files)))
+    return read_parquet(sorted(files.files), files.filesystem, columns=columns, num_blocks=read_blocks(len(files.files)))
 
 
 def _as_text(value, joiner: str) -> str:
@@ -434,11 +436,6 @@ def _stickers_dataset(uri: str):
     where = schema.stickers_uri(schema.tables_uri(uri))
     return _parquet_dataset(where, f"selection dataset {uri} has no stickers table at {where}",
                             f"stickers table {where} has no Parquet files")
-
-
-def stickers_schema(uri: str):
-    """The Arrow schema of the stickers table (reads footers only)."""
-    return _stickers_dataset(uri).schema
 
 
 def read_stickers(uri: str, columns: list[str], optional: tuple[str, ...] = ()) -> tuple[pa.Table, str]:

@@ -49,6 +49,11 @@ class EncodedPool:
         return int(self.image_ok.shape[0])
 
     @property
+    def index_nbytes(self) -> int:
+        """The bytes a worker holds of its own for the pool's rows: offsets, flags, labels."""
+        return int(self.image_offsets.nbytes + self.image_ok.nbytes + sum(v.nbytes for v in self.labels.values()))
+
+    @property
     def nbytes(self) -> int:
         """The bytes of every array: what the object store holds of the pool."""
         arrays = [self.image_bytes, self.image_offsets, self.image_ok, *self.texts.values(), *self.labels.values()]
@@ -165,11 +170,10 @@ class StickerPool:
 
         return {k: torch.from_numpy(v).to(idx.device) for k, v in self.rows(idx.cpu().numpy()).items()}
 
-    def chunks(self, size: int, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-        """Row indices ``start..stop`` in runs of at most ``size``."""
-        stop = len(self) if stop is None else stop
-        for i in range(start, stop, size):
-            yield np.arange(i, min(i + size, stop))
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """All row indices in runs of at most ``size``."""
+        for i in range(0, len(self), size):
+            yield np.arange(i, min(i + size, len(self)))
 
     def _empty(self) -> np.ndarray:
         side = self.encoded.image_size
